@@ -1,0 +1,39 @@
+# The README's two commands are `make run` and `make test`; both install what
+# they need first.
+GO ?= go
+PKGS = ./...
+TOOLS = $(CURDIR)/.tools/bin
+export PATH := $(TOOLS):$(PATH)
+
+.PHONY: build deps lint test unit e2e bench run clean
+
+build:
+	$(GO) build -o bin/atlantis .
+
+deps:
+	./scripts/install-deps.sh
+
+lint:
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Everything CI runs: lint, unit and integration tests with real Redis, and
+# the end-to-end suite with the real binary and real Terraform.
+test: deps lint
+	$(GO) test -count=1 -timeout 30m $(PKGS)
+
+unit:
+	$(GO) test -count=1 -short $(PKGS)
+
+e2e: deps build
+	$(GO) test -count=1 -timeout 20m -v ./e2e/...
+
+bench: deps
+	ATLANTIS_BENCH_SUMMARY=1 $(GO) test -count=1 -run 'TestBenchSummary' -bench . -benchtime 2000x ./server/core/locking/enhanced/backends/
+
+# The offline testdrive: two replicas, Redis, a GitHub stand-in and a story.
+run: deps build
+	./bin/atlantis testdrive $(ARGS)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,118 @@
+package cmd
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/viper"
+
+	"github.com/atlantis-enhanced/atlantis/server"
+)
+
+// enhancedLockingConfig reads every --enhanced-locking-* value from v (flag >
+// env > config file > default) and checks that they make sense together.
+func enhancedLockingConfig(v *viper.Viper) (server.EnhancedLockingConfig, error) {
+	cfg := server.DefaultEnhancedLockingConfig()
+	for _, f := range enhancedFlags {
+		raw := strings.TrimSpace(viperString(v, f.name))
+		if raw == "" {
+			raw = f.defaultValue()
+		}
+		if err := f.set(&cfg, raw); err != nil {
+			shown := raw
+			if f.secret {
+				shown = "<redacted>"
+			}
+			return cfg, fmt.Errorf("invalid --%s %q: %w", f.name, shown, err)
+		}
+	}
+	return cfg, validateEnhancedLocking(cfg)
+}
+
+// viperString reads a key that a config file may hold as a YAML list (the
+// Redis addresses) as well as a comma-separated string.
+func viperString(v *viper.Viper, key string) string {
+	if list, ok := v.Get(key).([]any); ok {
+		items := make([]string, 0, len(list))
+		for _, item := range list {
+			items = append(items, fmt.Sprint(item))
+		}
+		return strings.Join(items, ",")
+	}
+	return v.GetString(key)
+}
+
+// validateEnhancedLocking checks what no single flag can: combinations, and
+// files that must exist. It only insists on Redis settings when enhanced
+// locking will actually use Redis.
+func validateEnhancedLocking(c server.EnhancedLockingConfig) error {
+	if c.Redis.TLSCAFile != "" {
+		if err := readableFile(c.Redis.TLSCAFile); err != nil {
+			return fmt.Errorf("invalid --%s %q: %w: give the path of a readable PEM file", EnhancedLockingRedisTLSCAFileFlag, c.Redis.TLSCAFile, err)
+		}
+		if !c.Redis.TLSEnabled {
+			return fmt.Errorf("--%s is set but --%s is false: add --%s=true or drop the CA file", EnhancedLockingRedisTLSCAFileFlag, EnhancedLockingRedisTLSEnabledFlag, EnhancedLockingRedisTLSEnabledFlag)
+		}
+	}
+	if c.Redis.TLSInsecureSkipVerify && !c.Redis.TLSEnabled {
+		return fmt.Errorf("--%s needs --%s=true", EnhancedLockingRedisTLSInsecureFlag, EnhancedLockingRedisTLSEnabledFlag)
+	}
+	if c.Features.PriorityRulesFile != "" {
+		if err := readableFile(c.Features.PriorityRulesFile); err != nil {
+			return fmt.Errorf("invalid --%s %q: %w: give the path of a readable YAML file", EnhancedLockingPriorityRulesFlag, c.Features.PriorityRulesFile, err)
+		}
+	}
+	if !c.Enabled || c.Backend != server.BackendRedis {
+		if c.Fallback.Mode != server.FallbackNone && c.Enabled {
+			return fmt.Errorf("--%s=%s only applies to --%s=%s: drop it or switch the backend", EnhancedLockingFallbackFlag, c.Fallback.Mode, EnhancedLockingBackendFlag, server.BackendRedis)
+		}
+		return nil
+	}
+	if len(c.Redis.Addrs) == 0 {
+		return fmt.Errorf("--%s=%s needs --%s: set it to the Redis host:port list", EnhancedLockingBackendFlag, server.BackendRedis, EnhancedLockingRedisAddrsFlag)
+	}
+	switch c.Redis.Mode {
+	case server.RedisModeSentinel:
+		if c.Redis.SentinelMaster == "" {
+			return fmt.Errorf("--%s=%s needs --%s: set it to the master name the sentinels monitor", EnhancedLockingRedisModeFlag, server.RedisModeSentinel, EnhancedLockingRedisSentinelMasterFlag)
+		}
+	case server.RedisModeCluster:
+		if c.Redis.DB != 0 {
+			return fmt.Errorf("invalid --%s %d: Redis Cluster only has database 0; drop the flag", EnhancedLockingRedisDBFlag, c.Redis.DB)
+		}
+	case server.RedisModeStandalone:
+		if len(c.Redis.Addrs) > 1 {
+			return fmt.Errorf("--%s=%s takes one address, got %d: use --%s=cluster or sentinel for several", EnhancedLockingRedisModeFlag, server.RedisModeStandalone, len(c.Redis.Addrs), EnhancedLockingRedisModeFlag)
+		}
+	}
+	if c.Redis.SentinelMaster != "" && c.Redis.Mode != server.RedisModeSentinel {
+		return fmt.Errorf("--%s is set but --%s is %s: add --%s=sentinel or drop the master name", EnhancedLockingRedisSentinelMasterFlag, EnhancedLockingRedisModeFlag, c.Redis.Mode, EnhancedLockingRedisModeFlag)
+	}
+	return nil
+}
+
+func readableFile(path string) error {
+	f, err := os.Open(path) // nolint: gosec
+	if err != nil {
+		return fmt.Errorf("cannot read it (%v)", underlying(err))
+	}
+	defer f.Close() // nolint: errcheck
+	info, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("cannot read it (%v)", underlying(err))
+	}
+	if info.IsDir() {
+		return fmt.Errorf("it is a directory")
+	}
+	return nil
+}
+
+// underlying drops the path that os errors repeat, since the message already
+// names the file.
+func underlying(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}

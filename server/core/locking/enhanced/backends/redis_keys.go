@@ -1,0 +1,170 @@
+package backends
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/runatlantis/atlantis/server/events/command"
+	"github.com/runatlantis/atlantis/server/events/models"
+)
+
+// Key layout in Redis. With an empty KeyPrefix the lock and command lock keys
+// are exactly upstream's, so upstream replicas and ours see the same locks:
+//
+//	pr/{repo}/{path}/{workspace}/{project}   lock: JSON of models.ProjectLock (upstream's key and value)
+//	global/{command}/lock                    command lock: JSON of command.Lock (upstream's key and value)
+//	o{T}S                                    owner token of the current acquisition
+//	w{T}S                                    waiters: ZSET of tokens, ordered by priority then arrival
+//	wd{T}S                                   waiters' liveness deadlines: HASH token -> unix ms
+//	wv{T}S                                   waiters' lock values: HASH token -> JSON to install on handoff
+//	u{T}S                                    last release of this lock, to answer a retried release
+//	n{T}S                                    pub/sub channel announcing the token a lock was handed to
+//	locks / locks{slot tag}                  global index shard: SET of lock keys (one per cluster slot)
+//	locks:shards                             SET of the shard keys above, only ever grows
+//	pull{repo::num}                          per-pull index: SET of lock keys the pull asked for
+//	pullclosing{repo::num}                   per-pull index entries taken by a running UnlockByPull
+//
+// {T}S is how a related key lands in its lock key's cluster slot. Redis hashes
+// only the part between the first "{" and the next "}" when that part is not
+// empty, so a lock key containing braces (repo, path, workspace and project
+// names are user data) may hash by a fragment of itself. T is therefore the
+// lock key's effective hash tag, and S repeats the lock key when T alone would
+// not identify it. When the effective tag itself contains a "}" (a key without
+// a valid tag but with a closing brace), T is instead a brace-free string
+// chosen from a fixed table to hash to the same slot. For ordinary names T is
+// the lock key and S is empty: o{pr/org/repo/dir/default/}.
+//
+// A KeyPrefix is prepended to every key. It switches off compatibility with
+// upstream replicas, whose keys are never prefixed.
+type keyspace struct {
+	prefix string
+	// cluster splits the global index into one shard per hash slot, so that a
+	// lock and its index entry change in one script. A single Redis needs one.
+	cluster bool
+}
+
+// lockKeys are the names of every key one lock's scripts touch. They all
+// hash to the lock key's slot.
+type lockKeys struct {
+	lock      string
+	owner     string
+	queue     string
+	deadlines string
+	values    string
+	released  string
+	shard     string
+	channel   string
+}
+
+// script returns the KEYS of every lock script, in the order the scripts
+// expect (see lua/helpers.lua).
+func (k lockKeys) script() []string {
+	return []string{k.lock, k.owner, k.queue, k.deadlines, k.values, k.shard, k.released}
+}
+
+func (ks keyspace) forProject(p models.Project, workspace string) lockKeys {
+	return ks.forLockKey(ks.prefix + "pr/" + models.GenerateLockKey(p, workspace))
+}
+
+// forLockKey derives the related keys from a full lock key, as read back from
+// an index.
+func (ks keyspace) forLockKey(lockKey string) lockKeys {
+	return lockKeys{
+		lock:      lockKey,
+		owner:     ks.related("o", lockKey),
+		queue:     ks.related("w", lockKey),
+		deadlines: ks.related("wd", lockKey),
+		values:    ks.related("wv", lockKey),
+		released:  ks.related("u", lockKey),
+		shard:     ks.shard(lockKey),
+		channel:   ks.related("n", lockKey),
+	}
+}
+
+// lockPattern matches every lock key for SCAN.
+func (ks keyspace) lockPattern() string {
+	return globEscape(ks.prefix+"pr/") + "*"
+}
+
+// shards names the set of index shard keys.
+func (ks keyspace) shards() string {
+	return ks.prefix + "locks:shards"
+}
+
+func (ks keyspace) shard(lockKey string) string {
+	if !ks.cluster {
+		return ks.prefix + "locks"
+	}
+	return ks.prefix + "locks{" + slotTag(keySlot(lockKey)) + "}"
+}
+
+// pull names a pull's index and the set an UnlockByPull moves it to; both
+// hash to one slot so the move is one script.
+func (ks keyspace) pull(repoFullName string, pullNum int) (index, closing string) {
+	base := ks.prefix + repoFullName + "::" + strconv.Itoa(pullNum)
+	return ks.related("pull", base), ks.related("pullclosing", base)
+}
+
+func (ks keyspace) command(name command.Name) string {
+	return fmt.Sprintf("%sglobal/%s/lock", ks.prefix, name)
+}
+
+// related returns prefix + kind + "{" + T + "}" + S, a key in base's slot that
+// no other (kind, base) pair produces. kind never contains a brace.
+func (ks keyspace) related(kind, base string) string {
+	tag := hashTag(base)
+	if strings.IndexByte(tag, '}') >= 0 {
+		// Only a key without a valid tag can have a "}" in its effective tag;
+		// a substitute tag keeps the slot.
+		return ks.prefix + kind + "{" + slotTag(keySlot(base)) + "}" + base
+	}
+	if tag == base {
+		return ks.prefix + kind + "{" + base + "}"
+	}
+	return ks.prefix + kind + "{" + tag + "}" + base
+}
+
+// ValidateKeyPrefix reports whether prefix can be prepended to every key
+// without separating a lock from its related keys in Redis Cluster. A prefix
+// may not contain braces, except as a complete, non-empty hash tag such as
+// "{atlantis}:", which puts every key in one slot.
+func ValidateKeyPrefix(prefix string) error {
+	open := strings.IndexByte(prefix, '{')
+	if open < 0 {
+		return nil
+	}
+	end := strings.IndexByte(prefix[open+1:], '}')
+	if end <= 0 {
+		return fmt.Errorf("key prefix %q has a %q that does not start a complete hash tag: "+
+			"remove the braces or close a non-empty tag, e.g. \"{atlantis}:\"", prefix, "{")
+	}
+	return nil
+}
+
+// hashTag is the part of key Redis Cluster hashes: the text between the first
+// "{" and the next "}" when it is not empty, else the whole key.
+func hashTag(key string) string {
+	open := strings.IndexByte(key, '{')
+	if open < 0 {
+		return key
+	}
+	end := strings.IndexByte(key[open+1:], '}')
+	if end <= 0 {
+		return key
+	}
+	return key[open+1 : open+1+end]
+}
+
+// globEscape quotes the characters SCAN MATCH treats specially.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

@@ -1,0 +1,80 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/runatlantis/atlantis/server/core/db"
+	"github.com/runatlantis/atlantis/server/logging"
+	tally "github.com/uber-go/tally/v4"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
+)
+
+type healthReport = redisclient.HealthReport
+
+// lockBackend is the enhanced backend chosen by the config, with what the
+// server needs to know about it.
+type lockBackend struct {
+	enhanced.Backend
+	// client and health are Redis's; nil for the BoltDB backend, which lives
+	// in-process.
+	client redis.UniversalClient
+	health *redisclient.HealthChecker
+	// separateFromLegacy is true when the backend keeps locks apart from the
+	// legacy database, which then gets a copy of each change.
+	separateFromLegacy bool
+	describe           string
+}
+
+func newLockBackend(cfg EnhancedLockingConfig, legacy db.Database, logger logging.SimpleLogging, scope tally.Scope) (*lockBackend, error) {
+	switch cfg.Backend {
+	case BackendBoltDB:
+		return &lockBackend{
+			Backend:  backends.NewBoltDB(legacy, logger),
+			describe: "boltdb (in-process, one replica)",
+		}, nil
+	case BackendRedis:
+		r := cfg.Redis
+		ctx, cancel := context.WithTimeout(context.Background(), r.DialTimeout)
+		defer cancel()
+		client, err := redisclient.NewClient(ctx, redisclient.Config{
+			Mode:                  r.Mode,
+			Addrs:                 r.Addrs,
+			SentinelMaster:        r.SentinelMaster,
+			Username:              r.Username,
+			Password:              r.Password,
+			DB:                    r.DB,
+			TLSEnabled:            r.TLSEnabled,
+			TLSCAFile:             r.TLSCAFile,
+			TLSInsecureSkipVerify: r.TLSInsecureSkipVerify,
+			PoolSize:              r.PoolSize,
+			DialTimeout:           r.DialTimeout,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("enhanced locking: %w", err)
+		}
+		backend := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger})
+		return &lockBackend{
+			Backend:            backend,
+			client:             client,
+			health:             redisclient.NewHealthChecker(client, cfg.Performance.HealthCheckInterval, 0, scope),
+			separateFromLegacy: true,
+			describe:           fmt.Sprintf("redis (%s, %s)", r.Mode, strings.Join(r.Addrs, ",")),
+		}, nil
+	default:
+		return nil, fmt.Errorf("unknown enhanced locking backend %q: use boltdb or redis", cfg.Backend)
+	}
+}
+
+// status is the backend's health as /healthz shows it.
+func (b *lockBackend) status() string {
+	if b.health == nil {
+		return string(redisclient.HealthHealthy)
+	}
+	return string(b.health.Status().Status)
+}

@@ -1,0 +1,67 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+
+	events_controllers "github.com/runatlantis/atlantis/server/controllers/events"
+)
+
+// registerRoutes adds our routes to upstream's router before upstream's
+// Start registers its own: gorilla/mux serves the first match, so ours win
+// where paths are shared. They pass through upstream's middleware, and with
+// it its web basic auth.
+func (s *Server) registerRoutes() {
+	s.Router.HandleFunc("/healthz", s.Healthz).Methods("GET")
+	if s.backend != nil && s.backend.client != nil {
+		dedupe := &deliveryDeduper{
+			next:      s.VCSEventsController.Post,
+			validator: &events_controllers.DefaultGithubRequestValidator{},
+			secret:    []byte(s.githubWebhookSecret),
+			client:    s.backend.client,
+			keyPrefix: s.Config.Redis.KeyPrefix,
+			logger:    s.Logger,
+		}
+		s.Router.Handle("/events", dedupe).Methods("POST")
+	}
+}
+
+// HealthzResponse is upstream's /healthz body plus enhanced locking's state.
+type HealthzResponse struct {
+	Status          string                `json:"status"`
+	EnhancedLocking EnhancedLockingHealth `json:"enhanced_locking"`
+}
+
+// EnhancedLockingHealth says whether enhanced locking is on, on which backend,
+// and where lock operations go right now.
+type EnhancedLockingHealth struct {
+	Enabled bool   `json:"enabled"`
+	Backend string `json:"backend"`
+	// Status is the backend's health: healthy, degraded, unhealthy, or
+	// disabled when enhanced locking is off.
+	Status string `json:"status"`
+	// ActiveBackend is the backend, or legacy-fallback while Redis is out of
+	// reach and the fallback is on.
+	ActiveBackend string `json:"active_backend"`
+}
+
+// Healthz answers like upstream's liveness probe, always 200 while the
+// process runs, and adds the enhanced locking state.
+func (s *Server) Healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	resp := HealthzResponse{Status: "ok", EnhancedLocking: s.enhancedHealth()}
+	b, _ := json.MarshalIndent(resp, "", "  ") // nolint: errchkjson
+	w.Write(b)                                 // nolint: errcheck
+}
+
+func (s *Server) enhancedHealth() EnhancedLockingHealth {
+	if s.Adapter == nil {
+		return EnhancedLockingHealth{Enabled: false, Backend: "legacy", Status: "disabled", ActiveBackend: "legacy"}
+	}
+	return EnhancedLockingHealth{
+		Enabled:       true,
+		Backend:       s.Config.Backend,
+		Status:        s.backend.status(),
+		ActiveBackend: s.Adapter.ActiveBackend(),
+	}
+}

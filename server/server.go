@@ -1,0 +1,159 @@
+// Package server is the composition root: upstream's Atlantis server with
+// enhanced locking installed through one seam.
+package server
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	upstream "github.com/runatlantis/atlantis/server"
+	"github.com/runatlantis/atlantis/server/core/db"
+	"github.com/runatlantis/atlantis/server/core/locking"
+	"github.com/runatlantis/atlantis/server/events/command"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
+)
+
+// Server is upstream's server plus what enhanced locking adds to it.
+type Server struct {
+	*upstream.Server
+	Config EnhancedLockingConfig
+	// Adapter serves every lock operation; nil when enhanced locking is off.
+	Adapter *enhanced.Adapter
+	// backend is what the adapter runs on, with its health and resources.
+	backend             *lockBackend
+	githubWebhookSecret string
+}
+
+// NewServer builds upstream's server from its own config, then, when enhanced
+// locking is on, puts the enhanced adapter behind its lock clients.
+func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg EnhancedLockingConfig) (*Server, error) {
+	srv, err := upstream.NewServer(userConfig, config)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Server: srv, Config: cfg, githubWebhookSecret: userConfig.GithubWebhookSecret}
+	if !cfg.Enabled {
+		srv.Logger.Info("enhanced locking is off: locks use the legacy %s database", userConfig.LockingDBType)
+		return s, nil
+	}
+	legacy := srv.LocksController.Database
+	if err := s.enable(userConfig, legacy); err != nil {
+		legacy.Close() // nolint: errcheck
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) error {
+	scope := s.StatsScope.SubScope("enhanced")
+	backend, err := newLockBackend(s.Config, legacy, s.Logger, scope)
+	if err != nil {
+		return err
+	}
+	s.backend = backend
+	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
+		BackendName:         s.Config.Backend,
+		SeparateLegacyLocks: backend.separateFromLegacy,
+		FallbackToLegacy:    s.Config.Fallback.Mode == FallbackBoltDB,
+		WaitTimeout:         s.Config.Features.WaitTimeout,
+		Retry:               retryPolicy(s.Config.Features),
+		Logger:              s.Logger,
+		Scope:               scope,
+		Events:              enhanced.PublisherFunc(s.logEvent),
+	})
+	if backend.health != nil {
+		backend.health.OnChange(func(_, now healthReport) {
+			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
+		})
+	}
+	if backend.separateFromLegacy {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		n, err := s.Adapter.ImportLegacyLocks(ctx)
+		if err != nil {
+			backend.Close() // nolint: errcheck
+			return fmt.Errorf("importing the legacy locks into enhanced locking: %w", err)
+		}
+		s.Logger.Info("enhanced locking: %d lock(s) from the legacy database are in %s", n, s.Config.Backend)
+	}
+	if err := installLockingAdapter(s.Server, s.Adapter, userConfig); err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
+	s.Logger.Info("enhanced locking is on: backend %s", backend.describe)
+	return nil
+}
+
+// installLockingAdapter is the one seam between upstream and enhanced locking.
+//
+// upstream.NewServer builds its lock database internally and hands the same
+// *locking.Client and *locking.ApplyClient pointers to every component that
+// locks (project locker, unlock command, pull-closed cleanup, locks
+// controller, API). Overwriting the values they point to redirects all of
+// them at once; the legacy database stays where it is for pull status.
+// TestSeamTypes fails if an upstream upgrade changes these types.
+func installLockingAdapter(srv *upstream.Server, database db.Database, userConfig upstream.UserConfig) error {
+	applyClient, ok := srv.ApplyLocker.(*locking.ApplyClient)
+	if !ok {
+		return fmt.Errorf("upstream's apply locker is a %T, not *locking.ApplyClient: this upstream version is not supported by enhanced locking; start with --enhanced-locking-enabled=false", srv.ApplyLocker)
+	}
+	allowCommands, err := userConfig.ToAllowCommandNames()
+	if err != nil {
+		return err
+	}
+	disableApply := !slices.Contains(allowCommands, command.Apply)
+	newApplyClient, ok := locking.NewApplyClient(database, disableApply, userConfig.DisableGlobalApplyLock).(*locking.ApplyClient)
+	if !ok {
+		return fmt.Errorf("upstream's locking.NewApplyClient no longer returns *locking.ApplyClient: this upstream version is not supported by enhanced locking; start with --enhanced-locking-enabled=false")
+	}
+	if userConfig.DisableRepoLocking {
+		// Upstream then locks projects with a NoOpLocker: nothing to redirect.
+		*applyClient = *newApplyClient
+		return nil
+	}
+	client, ok := srv.Locker.(*locking.Client)
+	if !ok {
+		return fmt.Errorf("upstream's locker is a %T, not *locking.Client: this upstream version is not supported by enhanced locking; start with --enhanced-locking-enabled=false", srv.Locker)
+	}
+	*applyClient = *newApplyClient
+	*client = *locking.NewClient(database)
+	return nil
+}
+
+// Start registers our routes ahead of upstream's, so ours answer first, and
+// runs upstream's server until it stops.
+func (s *Server) Start() error {
+	s.registerRoutes()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if s.backend != nil && s.backend.health != nil {
+		s.backend.health.Start(ctx)
+	}
+	err := s.Server.Start()
+	if s.Adapter != nil {
+		if closeErr := s.Adapter.Close(); closeErr != nil {
+			s.Logger.Err("closing enhanced locking backend: %v", closeErr)
+		}
+	}
+	return err
+}
+
+func (s *Server) logEvent(e enhanced.Event) {
+	switch e.Type {
+	case enhanced.EventLockConflict, enhanced.EventMirrorFailed:
+		s.Logger.Warn("enhanced locking event %s: lock=%v current=%v err=%v", e.Type, e.Lock, e.Current, e.Err)
+	default:
+		s.Logger.Info("enhanced locking event %s", e.Type)
+	}
+}
+
+func retryPolicy(f LockingFeaturesConfig) enhanced.RetryPolicy {
+	if !f.RetryMechanism {
+		return enhanced.RetryPolicy{MaxAttempts: 1}
+	}
+	return enhanced.RetryPolicy{MaxAttempts: f.RetryMaxAttempts, Backoff: f.RetryBackoff}
+}

@@ -1,0 +1,175 @@
+package redistest_test
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+func setGet(t *testing.T, c redis.UniversalClient) {
+	t.Helper()
+	ctx := context.Background()
+	Ok(t, c.Set(ctx, "redistest-key", "value", 0).Err())
+	got, err := c.Get(ctx, "redistest-key").Result()
+	Ok(t, err)
+	Equals(t, "value", got)
+}
+
+// refused asserts that nothing listens on addr any more.
+func refused(t *testing.T, addr string) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		_ = conn.Close()
+	}
+	ErrContains(t, "connection refused", err)
+}
+
+func TestStandalone(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		opts []redistest.Option
+	}{
+		{"plain", nil},
+		{"password", []redistest.Option{redistest.WithPassword("s3cret")}},
+		{"acl user", []redistest.Option{redistest.WithACLUser("atlantis", "pw")}},
+		{"tls", []redistest.Option{redistest.WithTLS()}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := redistest.Start(t, tc.opts...)
+			c := s.Client(t)
+			setGet(t, c)
+			s.Stop()
+			refused(t, s.Addr)
+			s.Stop() // idempotent
+		})
+	}
+}
+
+func TestAuthIsEnforced(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	pw := redistest.Start(t, redistest.WithPassword("s3cret"))
+	err := redis.NewClient(&redis.Options{Addr: pw.Addr, Password: "wrong"}).Ping(ctx).Err()
+	ErrContains(t, "WRONGPASS", err)
+
+	acl := redistest.Start(t, redistest.WithACLUser("atlantis", "pw"))
+	err = redis.NewClient(&redis.Options{Addr: acl.Addr}).Ping(ctx).Err()
+	Assert(t, err != nil, "default user must be disabled")
+}
+
+func TestRestartKeepsDataWithAppendOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := redistest.Start(t, redistest.WithAppendOnly())
+	addr := s.Addr
+	c := s.Client(t)
+	Ok(t, c.Set(ctx, "durable", "yes", 0).Err())
+
+	s.Restart()
+	Equals(t, addr, s.Addr)
+	got, err := c.Get(ctx, "durable").Result()
+	Ok(t, err)
+	Equals(t, "yes", got)
+}
+
+func TestRestartWithoutAppendOnlyLosesData(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := redistest.Start(t)
+	c := s.Client(t)
+	Ok(t, c.Set(ctx, "volatile", "yes", 0).Err())
+	s.Stop()
+	s.Restart()
+	Equals(t, redis.Nil, c.Get(ctx, "volatile").Err())
+}
+
+func TestTLSCAFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := redistest.Start(t, redistest.WithTLS())
+
+	good, err := redistest.ClientTLSConfig(s.CAFile)
+	Ok(t, err)
+	Ok(t, redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: good}).Ping(ctx).Err())
+
+	wrong, err := redistest.ClientTLSConfig(s.WrongCAFile)
+	Ok(t, err)
+	err = redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: wrong, MaxRetries: -1}).Ping(ctx).Err()
+	ErrContains(t, "certificate signed by unknown authority", err)
+
+	err = redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: &tls.Config{InsecureSkipVerify: true}}).Ping(ctx).Err() //nolint:gosec // proves the port speaks TLS
+	Ok(t, err)
+	err = redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1}).Ping(ctx).Err()
+	Assert(t, err != nil, "plaintext must be refused on a TLS-only port")
+}
+
+func TestCluster(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t)
+	Equals(t, 3, len(cl.Addrs))
+	c := cl.Client(t)
+	ctx := context.Background()
+	// Keys spread over the three masters.
+	for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
+		Ok(t, c.Set(ctx, k, k, 0).Err())
+	}
+	setGet(t, c)
+
+	redistest.ResetStats(t, c)
+	for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
+		Ok(t, c.Get(ctx, k).Err())
+	}
+	Equals(t, int64(6), redistest.CommandCount(t, c)["get"])
+
+	for _, n := range cl.Nodes {
+		n.Stop()
+		refused(t, n.Addr)
+	}
+}
+
+func TestSentinel(t *testing.T) {
+	t.Parallel()
+	s := redistest.StartSentinel(t)
+	Equals(t, "mymaster", s.MasterName)
+	Equals(t, 1, len(s.SentinelAddrs))
+	c := s.Client(t)
+	setGet(t, c)
+
+	// The write reached the replica, so the set really replicates.
+	rc := s.Replica.Client(t)
+	ctx := context.Background()
+	Ok(t, c.Do(ctx, "WAIT", 1, 2000).Err())
+	got, err := rc.Get(ctx, "redistest-key").Result()
+	Ok(t, err)
+	Equals(t, "value", got)
+
+	s.Master.Stop()
+	refused(t, s.MasterAddr)
+}
+
+func TestCommandCount(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := redistest.Start(t)
+	c := s.Client(t)
+	Ok(t, c.Ping(ctx).Err())
+	redistest.ResetStats(t, c)
+	Ok(t, c.Set(ctx, "k", "v", 0).Err())
+	Ok(t, c.Get(ctx, "k").Err())
+	Ok(t, c.Get(ctx, "k").Err())
+	counts := redistest.CommandCount(t, c)
+	Equals(t, int64(1), counts["set"])
+	Equals(t, int64(2), counts["get"])
+}

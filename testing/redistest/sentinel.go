@@ -1,0 +1,139 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	sentinelMasterName   = "mymaster"
+	sentinelReadyTimeout = 20 * time.Second
+)
+
+// Sentinel is one master, one replica and one sentinel with quorum 1.
+// Failure detection is tuned short (1 s down-after) so failover tests are fast.
+type Sentinel struct {
+	MasterName    string
+	MasterAddr    string
+	ReplicaAddr   string
+	SentinelAddrs []string
+
+	Master    *Server
+	Replica   *Server
+	Sentinels []*Server
+}
+
+// StartSentinel starts the master, then the replica, waits until the replica
+// is in sync, then starts the sentinel and waits until it reports the master
+// and knows the replica.
+func StartSentinel(t testing.TB) *Sentinel {
+	t.Helper()
+	master := newServer(t, config{})
+	master.start()
+
+	replica := newServer(t, config{})
+	replica.extraConf = []string{"replicaof 127.0.0.1 " + strconv.Itoa(master.port)}
+	replica.start()
+	waitFor(t, "replica "+replica.Addr+" in sync with "+master.Addr, func(ctx context.Context) error {
+		return replicaInSync(ctx, replica)
+	})
+
+	sentinel := newServer(t, config{})
+	sentinel.sentinel = true
+	sentinel.extraConf = []string{
+		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1", sentinelMasterName, master.port),
+		fmt.Sprintf("sentinel down-after-milliseconds %s 1000", sentinelMasterName),
+		fmt.Sprintf("sentinel failover-timeout %s 5000", sentinelMasterName),
+	}
+	sentinel.start()
+
+	s := &Sentinel{
+		MasterName:    sentinelMasterName,
+		MasterAddr:    master.Addr,
+		ReplicaAddr:   replica.Addr,
+		SentinelAddrs: []string{sentinel.Addr},
+		Master:        master,
+		Replica:       replica,
+		Sentinels:     []*Server{sentinel},
+	}
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinel.Addr})
+	defer sc.Close()
+	waitFor(t, "sentinel "+sentinel.Addr+" to report master and replica", func(ctx context.Context) error {
+		addr, err := sc.GetMasterAddrByName(ctx, sentinelMasterName).Result()
+		if err != nil {
+			return err
+		}
+		if got := strings.Join(addr, ":"); got != master.Addr {
+			return fmt.Errorf("sentinel reports master %s, want %s", got, master.Addr)
+		}
+		replicas, err := sc.Replicas(ctx, sentinelMasterName).Result()
+		if err != nil {
+			return err
+		}
+		for _, r := range replicas {
+			if r["ip"]+":"+r["port"] == replica.Addr && !strings.Contains(r["flags"], "down") &&
+				!strings.Contains(r["flags"], "disconnected") {
+				return nil
+			}
+		}
+		return fmt.Errorf("sentinel does not know replica %s yet: %v", replica.Addr, replicas)
+	})
+	return s
+}
+
+// FailoverOptions returns go-redis failover options for this set.
+func (s *Sentinel) FailoverOptions() *redis.FailoverOptions {
+	return &redis.FailoverOptions{
+		MasterName:    s.MasterName,
+		SentinelAddrs: append([]string(nil), s.SentinelAddrs...),
+		DialTimeout:   time.Second,
+		ReadTimeout:   2 * time.Second,
+		WriteTimeout:  2 * time.Second,
+	}
+}
+
+// Client returns a failover client that finds the master through the
+// sentinel, closed when the test ends.
+func (s *Sentinel) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	c := redis.NewFailoverClient(s.FailoverOptions())
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func replicaInSync(ctx context.Context, replica *Server) error {
+	c := redis.NewClient(replica.Options())
+	defer c.Close()
+	info, err := c.Info(ctx, "replication").Result()
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(info, "master_link_status:up") || !strings.Contains(info, "master_sync_in_progress:0") {
+		return fmt.Errorf("replica not in sync:\n%s", info)
+	}
+	return nil
+}
+
+// waitFor polls check until it succeeds or sentinelReadyTimeout passes.
+func waitFor(t testing.TB, what string, check func(ctx context.Context) error) {
+	t.Helper()
+	deadline := time.Now().Add(sentinelReadyTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := check(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: timed out after %s waiting for %s: %v", sentinelReadyTimeout, what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
