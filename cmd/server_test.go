@@ -219,11 +219,11 @@ func TestServerCmd_DryRunConfigDump(t *testing.T) {
 	creator, out, err := runServerCmd(t, "--dry-run", "--config-dump",
 		"--enhanced-locking-enabled", "--enhanced-locking-backend=redis",
 		"--enhanced-locking-redis-addrs=127.0.0.1:6379",
-		"--enhanced-locking-redis-password=redis-secret",
-		"--gh-webhook-secret=hook-secret", "--api-secret=api-secret", "--web-password=web-secret")
+		"--enhanced-locking-redis-password=Rd-7731",
+		"--gh-webhook-secret=Hk-7731", "--api-secret=Api-7731", "--web-password=Web-7731")
 	Ok(t, err)
 	Assert(t, !creator.called, "--dry-run must not build the server")
-	for _, secret := range []string{"ghp-super-secret", "redis-secret", "hook-secret", "api-secret", "web-secret"} {
+	for _, secret := range []string{"ghp-super-secret", "Rd-7731", "Hk-7731", "Api-7731", "Web-7731"} {
 		Assert(t, !strings.Contains(out, secret), "dump leaks %q:\n%s", secret, out)
 	}
 	for _, line := range []string{

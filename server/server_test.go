@@ -62,7 +62,7 @@ func TestSeam_UpstreamComponentsUseTheInstalledDatabase(t *testing.T) {
 	lock := models.ProjectLock{Project: project, Workspace: "default", Pull: models.PullRequest{Num: 7}}
 	database.EXPECT().TryLock(gomock.Any()).Return(true, lock, nil)
 	database.EXPECT().List().Return([]models.ProjectLock{lock}, nil)
-	database.EXPECT().LockCommand(command.Apply, gomock.Any()).Return(command.NewLock(command.Apply, time.Now()), nil)
+	database.EXPECT().LockCommand(command.Apply, gomock.Any()).Return(&command.Lock{CommandName: command.Apply, LockMetadata: command.LockMetadata{UnixTime: time.Now().Unix()}}, nil)
 	database.EXPECT().UnlockCommand(command.Apply).Return(nil)
 	database.EXPECT().Unlock(project, "default").Return(&lock, nil)
 

@@ -7,9 +7,10 @@ import (
 	"github.com/google/go-github/v88/github"
 )
 
-// pullFromPath resolves {owner}/{repo}/pulls/{number}, answering 404 when
-// it is unknown. Atlantis retries 404s on these endpoints with back-off, so
-// a wrong number shows up as a slow failure; the request log names it.
+// pullFromPath resolves {owner}/{repo}/.../{number}, answering 404 when it
+// is unknown; must be called with s.mu held. Atlantis retries 404s on these
+// endpoints with back-off, so a wrong number shows up as a slow failure; the
+// request log names it.
 func (s *Sim) pullFromPath(w http.ResponseWriter, r *http.Request) (*repoState, *pullState, bool) {
 	n, ok := pathInt(w, r, "number")
 	if !ok {

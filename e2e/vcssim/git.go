@@ -239,15 +239,16 @@ type fileChange struct {
 // changedFiles lists what head changes relative to its merge base with base,
 // which is what GitHub's pull request "Files changed" shows.
 func (g gitRepo) changedFiles(base, head string) ([]fileChange, error) {
-	out, err := g.runRaw(nil, nil, "diff", "--name-status", "-z", "-M", base+"..."+head)
+	// --raw carries the new blob SHA, saving a lookup per file.
+	out, err := g.runRaw(nil, nil, "diff", "--raw", "--no-abbrev", "-z", "-M", base+"..."+head)
 	if err != nil {
 		return nil, err
 	}
 	fields := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
 	var changes []fileChange
 	for i := 0; i < len(fields); i++ {
-		code := fields[i]
-		if code == "" {
+		meta := strings.Fields(strings.TrimPrefix(fields[i], ":"))
+		if len(meta) != 5 {
 			continue
 		}
 		next := func() string {
@@ -257,23 +258,20 @@ func (g gitRepo) changedFiles(base, head string) ([]fileChange, error) {
 			}
 			return ""
 		}
-		var c fileChange
-		switch code[0] {
+		c := fileChange{SHA: meta[3]}
+		switch meta[4][0] {
 		case 'A':
-			c = fileChange{Filename: next(), Status: "added"}
+			c.Filename, c.Status = next(), "added"
 		case 'D':
-			c = fileChange{Filename: next(), Status: "removed"}
+			c.Filename, c.Status, c.SHA = next(), "removed", ""
 		case 'R':
-			prev := next()
-			c = fileChange{Filename: next(), PreviousFilename: prev, Status: "renamed"}
+			c.PreviousFilename = next()
+			c.Filename, c.Status = next(), "renamed"
 		case 'C':
 			_ = next()
-			c = fileChange{Filename: next(), Status: "added"}
+			c.Filename, c.Status = next(), "added"
 		default:
-			c = fileChange{Filename: next(), Status: "modified"}
-		}
-		if c.Status != "removed" {
-			c.SHA, _ = g.run(nil, nil, "rev-parse", head+":"+c.Filename)
+			c.Filename, c.Status = next(), "modified"
 		}
 		changes = append(changes, c)
 	}

@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -55,7 +56,12 @@ type Sim struct {
 	user          string
 	token         string
 	webhookSecret string
-	logf          func(format string, args ...any)
+	userLogf      func(format string, args ...any)
+
+	// logMu guards userLogf against use after Close: testing.T.Logf panics
+	// when a late server goroutine logs after the test has finished.
+	logMu     sync.Mutex
+	logClosed bool
 
 	dir      string // temp root: CA, bare repos, scratch files
 	reposDir string
@@ -88,7 +94,7 @@ func New(opts Options) (*Sim, error) {
 		user:          opts.User,
 		token:         opts.Token,
 		webhookSecret: opts.WebhookSecret,
-		logf:          opts.Logf,
+		userLogf:      opts.Logf,
 		served:        make(chan struct{}),
 		nextID:        1000,
 		users:         map[string]int64{},
@@ -103,8 +109,8 @@ func New(opts Options) (*Sim, error) {
 	if s.webhookSecret == "" {
 		s.webhookSecret = DefaultWebhookSecret
 	}
-	if s.logf == nil {
-		s.logf = log.Printf
+	if s.userLogf == nil {
+		s.userLogf = log.Printf
 	}
 
 	dir, err := os.MkdirTemp("", "vcssim-")
@@ -120,7 +126,7 @@ func New(opts Options) (*Sim, error) {
 }
 
 func (s *Sim) start() error {
-	s.reposDir = s.dir + "/repos"
+	s.reposDir = filepath.Join(s.dir, "repos")
 	if err := os.MkdirAll(s.reposDir, 0o700); err != nil {
 		return fmt.Errorf("creating repos dir: %w", err)
 	}
@@ -183,10 +189,22 @@ func (s *Sim) Close() error {
 	}
 	<-s.served
 	s.hooks.CloseIdleConnections()
+	s.logMu.Lock()
+	s.logClosed = true
+	s.logMu.Unlock()
 	if err := os.RemoveAll(s.dir); err != nil {
 		errs = append(errs, fmt.Errorf("removing temp dir: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// logf logs through Options.Logf until Close.
+func (s *Sim) logf(format string, args ...any) {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	if !s.logClosed {
+		s.userLogf(format, args...)
+	}
 }
 
 // Host is the value for Atlantis's --gh-hostname, e.g. "127.0.0.1:40123".

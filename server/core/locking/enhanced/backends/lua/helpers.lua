@@ -13,27 +13,25 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- decode returns the lock table, or nil when the stored value is not a
+-- ProjectLock as JSON. Callers refuse to touch a corrupt lock.
+local function decode(value)
+  local ok, lock = pcall(cjson.decode, value)
+  if ok and type(lock) == 'table' and type(lock['Project']) == 'table'
+      and type(lock['Pull']) == 'table' and type(lock['Pull']['Num']) == 'number' then
+    return lock
+  end
+  return nil
+end
+
 -- same_pull says whether a decoded lock belongs to the given pull.
 local function same_pull(lock, repo, pull)
   local p = lock['Pull']
-  if type(p) ~= 'table' then
-    return false
-  end
   local full = ''
   if type(p['BaseRepo']) == 'table' and type(p['BaseRepo']['FullName']) == 'string' then
     full = p['BaseRepo']['FullName']
   end
   return full == repo and tonumber(p['Num']) == tonumber(pull)
-end
-
--- decode returns the lock table, or nil when the stored value is not a JSON
--- object. Callers refuse to touch a corrupt lock.
-local function decode(value)
-  local ok, lock = pcall(cjson.decode, value)
-  if ok and type(lock) == 'table' then
-    return lock
-  end
-  return nil
 end
 
 local function forget_waiter(token)

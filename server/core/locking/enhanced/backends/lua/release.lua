@@ -24,7 +24,7 @@ if current then
   if not lock then
     return {-1, current}
   end
-  if ARGV[1] ~= '' and (type(lock['Pull']) ~= 'table' or tonumber(lock['Pull']['Num']) ~= tonumber(ARGV[1])) then
+  if ARGV[1] ~= '' and lock['Pull']['Num'] ~= tonumber(ARGV[1]) then
     lock = nil
   end
 end

@@ -1,0 +1,110 @@
+package backends
+
+import (
+	"context"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/runatlantis/atlantis/server/core/boltdb"
+	upstreamredis "github.com/runatlantis/atlantis/server/core/redis"
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+func TestConformanceRedisStandalone(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	for _, prefix := range []string{"", "team1:"} {
+		t.Run("prefix="+prefix, func(t *testing.T) {
+			enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
+				return newTestRedis(t, client, RedisOptions{KeyPrefix: prefix})
+			}, enhancedtest.Enhanced)
+		})
+	}
+}
+
+func TestConformanceRedisCluster(t *testing.T) {
+	client := redistest.StartCluster(t).Client(t)
+	// "{atlantis}:" puts every key in one slot; the others spread keys over
+	// the three masters.
+	for _, prefix := range []string{"", "team1:", "{atlantis}:"} {
+		t.Run("prefix="+prefix, func(t *testing.T) {
+			enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
+				return newTestRedis(t, client, RedisOptions{KeyPrefix: prefix})
+			}, enhancedtest.Enhanced)
+		})
+	}
+}
+
+func TestConformanceRedisSentinel(t *testing.T) {
+	client := redistest.StartSentinel(t).Client(t)
+	enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
+		return newTestRedis(t, client, RedisOptions{})
+	}, enhancedtest.Enhanced)
+}
+
+func TestConformanceBoltDB(t *testing.T) {
+	enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
+		b := NewBoltDB(newUpstreamBoltDB(t), nil)
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}, enhancedtest.Enhanced)
+}
+
+// Upstream's own databases, as references for the suite.
+
+func TestConformanceUpstreamBoltDB(t *testing.T) {
+	enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
+		return enhancedtest.LegacyBackend(newUpstreamBoltDB(t))
+	}, enhancedtest.Upstream)
+}
+
+func TestConformanceUpstreamRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
+		flush(t, admin)
+		return enhancedtest.LegacyBackend(newUpstreamRedis(t, srv.Client(t)))
+	}, enhancedtest.Upstream)
+}
+
+// newTestRedis empties the Redis behind client and returns a backend on it.
+func newTestRedis(t testing.TB, client redis.UniversalClient, opts RedisOptions) *Redis {
+	t.Helper()
+	flush(t, client)
+	r := NewRedis(client, opts)
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+func newUpstreamBoltDB(t testing.TB) *boltdb.BoltDB {
+	t.Helper()
+	db, err := boltdb.New(t.TempDir())
+	Ok(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+func newUpstreamRedis(t testing.TB, client *redis.Client) *upstreamredis.RedisDB {
+	t.Helper()
+	db, err := upstreamredis.NewWithClient(client, "", "")
+	Ok(t, err)
+	return db
+}
+
+// flush empties every master behind client.
+func flush(t testing.TB, client redis.UniversalClient) {
+	t.Helper()
+	ctx := context.Background()
+	var err error
+	if cluster, ok := client.(*redis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			return m.FlushAll(ctx).Err()
+		})
+	} else {
+		err = client.FlushAll(ctx).Err()
+	}
+	Ok(t, err)
+}

@@ -1,0 +1,234 @@
+package backends
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/runatlantis/atlantis/server/events/models"
+	"github.com/runatlantis/atlantis/server/logging"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+)
+
+const defaultWaiterTTL = 15 * time.Second
+
+// RedisOptions configures a Redis backend. The zero value shares locks with
+// upstream replicas on the same Redis and drops a crashed waiter after 15s.
+type RedisOptions struct {
+	// KeyPrefix is prepended to every key. Leave it empty for a fleet that
+	// mixes upstream and enhanced replicas: upstream never prefixes its keys,
+	// so with a prefix the two no longer exclude each other. It must pass
+	// ValidateKeyPrefix.
+	KeyPrefix string
+	// WaiterTTL is how long a waiting request stays queued without a
+	// heartbeat; waiters heartbeat every WaiterTTL/3.
+	WaiterTTL time.Duration
+	Logger    logging.SimpleLogging
+}
+
+// Redis is the enhanced backend for many Atlantis replicas sharing one Redis:
+// standalone, Sentinel or Cluster (not Ring, which cannot run a script over
+// a lock and its related keys).
+//
+// Every change to a lock is one Lua script over keys of one cluster slot, so
+// no interleaving of replicas grants a lock twice. Locks keep upstream's key
+// and JSON value, so upstream replicas on the same Redis see ours and we see
+// theirs.
+//
+// Ownership. A lock belongs to a pull, as upstream's do: Atlantis releases by
+// lock key (Unlock) or by pull (UnlockIfOwnedByPull, UnlockByPull) and knows
+// nothing finer, so those compare the pull number atomically. Each acquisition
+// also stores a random token; the paths that act on a grant they may have
+// lost track of (a waiter that gives up just as the lock is handed to it)
+// release only while their token still owns the lock, so they never free a
+// later holder's lock.
+type Redis struct {
+	client    redis.UniversalClient
+	keys      keyspace
+	waiterTTL time.Duration
+	logger    logging.SimpleLogging
+
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+var _ enhanced.Backend = (*Redis)(nil)
+
+// NewRedis returns a backend storing locks through client, which the caller
+// keeps and closes. It panics if opts.KeyPrefix fails ValidateKeyPrefix:
+// validate configuration before.
+func NewRedis(client redis.UniversalClient, opts RedisOptions) *Redis {
+	if err := ValidateKeyPrefix(opts.KeyPrefix); err != nil {
+		panic(fmt.Sprintf("backends.NewRedis: %v", err))
+	}
+	if opts.WaiterTTL <= 0 {
+		opts.WaiterTTL = defaultWaiterTTL
+	}
+	if opts.Logger == nil {
+		opts.Logger = nopLogger{}
+	}
+	_, cluster := client.(*redis.ClusterClient)
+	return &Redis{
+		client:    client,
+		keys:      keyspace{prefix: opts.KeyPrefix, cluster: cluster},
+		waiterTTL: opts.WaiterTTL,
+		logger:    opts.Logger,
+		closed:    make(chan struct{}),
+	}
+}
+
+// TryLock takes the lock in one round trip: one script, with the index
+// updates outside the lock's slot pipelined behind it.
+func (r *Redis) TryLock(ctx context.Context, req enhanced.LockRequest) (bool, models.ProjectLock, error) {
+	k := r.keys.forProject(req.Lock.Project, req.Lock.Workspace)
+	value, err := json.Marshal(req.Lock)
+	if err != nil {
+		return false, models.ProjectLock{}, fmt.Errorf("encoding lock %q: %w", k.lock, err)
+	}
+	token := newToken()
+	reply, err := r.runIndexed(ctx, acquireScript, k, req.Lock,
+		string(value), token, baseRepo(req.Lock), req.Lock.Pull.Num)
+	if err != nil {
+		if reply.status == statusYes && reply.value == string(value) {
+			r.undo(k, token)
+		}
+		return false, models.ProjectLock{}, redisError(fmt.Sprintf("locking %q", k.lock), err)
+	}
+	if reply.status == statusCorrupt {
+		return false, models.ProjectLock{}, corruptLockError(k.lock, errUndecodable)
+	}
+	if reply.value == string(value) {
+		return reply.status == statusYes, req.Lock, nil
+	}
+	curr, err := decodeLock(k.lock, reply.value)
+	if err != nil {
+		return false, models.ProjectLock{}, err
+	}
+	return reply.status == statusYes, curr, nil
+}
+
+// undo gives back a lock this call took but cannot report, because the index
+// writes behind it failed; otherwise the pull would hold a lock it does not
+// know of and that List may not show. If Redis is gone this fails too, and the
+// pull's next TryLock for the lock, which succeeds as the same pull, indexes it.
+func (r *Redis) undo(k lockKeys, token string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cmd := runAll(ctx, r.client, []scriptCall{{leaveScript, k.script(), []any{token, "0", k.channel}}})[0]
+	if err := cmd.Err(); err != nil {
+		r.logger.Warn("could not release lock %q after failing to index it: %s", k.lock, err)
+	}
+}
+
+// Unlock releases the lock whoever holds it, handing it to the next waiter,
+// and returns the released lock, or nil if there was none.
+func (r *Redis) Unlock(ctx context.Context, project models.Project, workspace string) (*models.ProjectLock, error) {
+	return r.release(ctx, r.keys.forProject(project, workspace), "")
+}
+
+// UnlockIfOwnedByPull is Unlock when pull pullNum holds the lock, else nil.
+func (r *Redis) UnlockIfOwnedByPull(ctx context.Context, project models.Project, workspace string, pullNum int) (*models.ProjectLock, error) {
+	return r.release(ctx, r.keys.forProject(project, workspace), strconv.Itoa(pullNum))
+}
+
+func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.ProjectLock, error) {
+	cmd := runAll(ctx, r.client, []scriptCall{releaseCall(k, pull)})[0]
+	return releasedLock(k, cmd)
+}
+
+func releaseCall(k lockKeys, pull string) scriptCall {
+	return scriptCall{releaseScript, k.script(), []any{pull, newToken(), k.channel}}
+}
+
+func releasedLock(k lockKeys, cmd *redis.Cmd) (*models.ProjectLock, error) {
+	reply, err := parseReply(cmd)
+	if err != nil {
+		return nil, redisError(fmt.Sprintf("unlocking %q", k.lock), err)
+	}
+	switch reply.status {
+	case statusYes:
+		lock, err := decodeLock(k.lock, reply.value)
+		if err != nil {
+			return nil, err
+		}
+		return &lock, nil
+	case statusCorrupt:
+		return nil, corruptLockError(k.lock, errUndecodable)
+	default:
+		return nil, nil
+	}
+}
+
+// GetLock returns the lock, or nil if it is free.
+func (r *Redis) GetLock(ctx context.Context, project models.Project, workspace string) (*models.ProjectLock, error) {
+	key := r.keys.forProject(project, workspace).lock
+	value, err := r.client.Get(ctx, key).Result()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, redisError(fmt.Sprintf("reading lock %q", key), err)
+	}
+	lock, err := decodeLock(key, value)
+	if err != nil {
+		return nil, err
+	}
+	return &lock, nil
+}
+
+// QueueLength is how many requests wait for the lock, counting a crashed
+// waiter until the next release drops it.
+func (r *Redis) QueueLength(ctx context.Context, project models.Project, workspace string) (int, error) {
+	k := r.keys.forProject(project, workspace)
+	n, err := r.client.ZCard(ctx, k.queue).Result()
+	if err != nil {
+		return 0, redisError(fmt.Sprintf("reading waiters of %q", k.lock), err)
+	}
+	return int(n), nil
+}
+
+func (r *Redis) Ping(ctx context.Context) error {
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		return redisError("pinging redis", err)
+	}
+	return nil
+}
+
+// Close ends pending waits, which leave their queues. It does not close the
+// client, which belongs to the caller.
+func (r *Redis) Close() error {
+	r.closeOnce.Do(func() { close(r.closed) })
+	return nil
+}
+
+func decodeLock(key, value string) (models.ProjectLock, error) {
+	var lock models.ProjectLock
+	if err := json.Unmarshal([]byte(value), &lock); err != nil {
+		return models.ProjectLock{}, corruptLockError(key, err)
+	}
+	// Local, as upstream's GetLock does (https://github.com/golang/go/issues/19486).
+	lock.Time = lock.Time.Local()
+	return lock, nil
+}
+
+// baseRepo is the repo a lock's pull belongs to, which with the pull number
+// identifies the pull.
+func baseRepo(lock models.ProjectLock) string {
+	return lock.Pull.BaseRepo.FullName
+}
+
+// newToken returns 32 random hex characters.
+func newToken() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("reading random token: %v", err))
+	}
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,106 @@
+package backends
+
+import (
+	"context"
+	"testing"
+
+	"github.com/runatlantis/atlantis/server/events/models"
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+// oddProjects have names that break naive hash tags: braces anywhere, empty
+// tags, unclosed tags, separators and non-ASCII text.
+var oddProjects = []struct {
+	project   models.Project
+	workspace string
+}{
+	{models.Project{RepoFullName: "org/repo", Path: "."}, "default"},
+	{models.Project{RepoFullName: "org/re{po}", Path: "dir"}, "default"},
+	{models.Project{RepoFullName: "org/repo", Path: "a}b"}, "ws"},
+	{models.Project{RepoFullName: "org/{}", Path: "x"}, "}{"},
+	{models.Project{RepoFullName: "org/repo{", Path: "dir"}, "default"},
+	{models.Project{RepoFullName: "}org/repo", Path: "{a}", ProjectName: "p"}, "w"},
+	{models.Project{RepoFullName: "grüppe/sub group/ré{po}", Path: "{x}/a::b", ProjectName: "naïve {p}"}, "ws{1}::}"},
+	{models.Project{RepoFullName: "org/repo", Path: "dir"}, "{"},
+}
+
+func TestRelatedKeysShareTheLockKeySlot(t *testing.T) {
+	for _, prefix := range []string{"", "team1:", "a}b:", "{atlantis}:", "x{y}z{"} {
+		Ok(t, ValidateKeyPrefix(prefix))
+		ks := keyspace{prefix: prefix, cluster: true}
+		seen := map[string]string{}
+		for _, p := range oddProjects {
+			k := ks.forProject(p.project, p.workspace)
+			slot := keySlot(k.lock)
+			for _, related := range k.script()[1:] {
+				Equals(t, slot, keySlot(related))
+				if related == k.shard {
+					continue // shared by the locks of a slot, by design
+				}
+				if other, dup := seen[related]; dup {
+					t.Fatalf("key %q derived from both %q and %q", related, other, k.lock)
+				}
+				seen[related] = k.lock
+			}
+			index, closing := ks.pull(p.project.RepoFullName, 3)
+			Equals(t, keySlot(index), keySlot(closing))
+		}
+	}
+}
+
+func TestOrdinaryNamesKeepReadableKeys(t *testing.T) {
+	k := keyspace{}.forProject(models.Project{RepoFullName: "org/repo", Path: "dir"}, "default")
+	Equals(t, "pr/org/repo/dir/default/", k.lock)
+	Equals(t, "o{pr/org/repo/dir/default/}", k.owner)
+	Equals(t, "w{pr/org/repo/dir/default/}", k.queue)
+	index, _ := keyspace{}.pull("org/repo", 12)
+	Equals(t, "pull{org/repo::12}", index)
+}
+
+func TestValidateKeyPrefix(t *testing.T) {
+	cases := []struct {
+		prefix string
+		valid  bool
+	}{
+		{"", true},
+		{"atlantis:", true},
+		{"{atlantis}:", true},
+		{"a}b", true},
+		{"x{", false},
+		{"{}x", false},
+		{"a{b", false},
+	}
+	for _, c := range cases {
+		err := ValidateKeyPrefix(c.prefix)
+		Assert(t, (err == nil) == c.valid, "prefix %q: valid=%v, err=%v", c.prefix, c.valid, err)
+	}
+}
+
+func TestSlotTagsAreBraceFreeAndExact(t *testing.T) {
+	for slot := 0; slot < clusterSlots; slot++ {
+		tag := slotTag(slot)
+		Equals(t, slot, keySlot(tag))
+		Equals(t, tag, hashTag("x{"+tag+"}y"))
+	}
+}
+
+// TestKeySlotMatchesRedisCluster checks our CRC16 and hash tag rules against
+// CLUSTER KEYSLOT, and that every key of a lock script is accepted by a real
+// cluster as one slot.
+func TestKeySlotMatchesRedisCluster(t *testing.T) {
+	client := redistest.StartCluster(t).Client(t)
+	ctx := context.Background()
+	ks := keyspace{cluster: true}
+	for _, p := range oddProjects {
+		k := ks.forProject(p.project, p.workspace)
+		for _, key := range append(k.script(), k.channel) {
+			want, err := client.ClusterKeySlot(ctx, key).Result()
+			Ok(t, err)
+			Equals(t, int(want), keySlot(key))
+		}
+		// A multi-key command across slots fails with CROSSSLOT.
+		Ok(t, client.Exists(ctx, k.script()...).Err())
+	}
+}

@@ -1,0 +1,101 @@
+package backends
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+// roundTrips records what the client sends, one entry per round trip: a
+// command sent alone, or a pipeline. A cluster client sends a pipeline's
+// per-node parts in parallel, so a pipeline is one round trip there too.
+type roundTrips struct {
+	mu    sync.Mutex
+	trips [][]string
+}
+
+func (h *roundTrips) record(cmds ...redis.Cmder) {
+	names := make([]string, len(cmds))
+	for i, c := range cmds {
+		names[i] = c.Name()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.trips = append(h.trips, names)
+}
+
+func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.record(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.record(cmds...)
+		return next(ctx, cmds)
+	}
+}
+
+var _ redis.Hook = (*roundTrips)(nil)
+
+// TestAcquireReleaseRoundTrips checks an uncontended acquire + release costs
+// at most two round trips: EVALSHA with the two index SADDs pipelined behind
+// it, then EVALSHA.
+//
+// How it counts: a hook on the client records each round trip and the
+// commands in it. INFO commandstats (after CONFIG RESETSTAT, read before
+// anything else runs) cannot count round trips, and it also counts the
+// commands scripts run inside Redis (the GET/SET/SADD in acquire.lua), so it
+// serves to confirm the server side: exactly two EVALSHA, no EVAL (no
+// NOSCRIPT fallback) and, at top level, nothing the client did not send.
+func TestAcquireReleaseRoundTrips(t *testing.T) {
+	for name, client := range map[string]func(t *testing.T) redis.UniversalClient{
+		"standalone": func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client(t) },
+		"cluster":    func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t).Client(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			c := client(t)
+			r := newTestRedis(t, c, RedisOptions{})
+			lock := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+			pair := func() {
+				acquired, _, err := r.TryLock(ctx, enhancedtest.Request(lock))
+				Ok(t, err)
+				Assert(t, acquired, "lock not acquired")
+				released, err := r.UnlockIfOwnedByPull(ctx, lock.Project, lock.Workspace, lock.Pull.Num)
+				Ok(t, err)
+				Assert(t, released != nil, "lock not released")
+			}
+			pair() // loads the scripts, as the first calls after any Redis restart do
+
+			redistest.ResetStats(t, c)
+			hook := &roundTrips{}
+			c.AddHook(hook)
+			pair()
+			hook.mu.Lock()
+			trips := hook.trips
+			hook.trips = nil
+			hook.mu.Unlock()
+			counts := redistest.CommandCount(t, c)
+
+			t.Logf("%s: round trips %v; server commandstats %v", name, trips, counts)
+			Equals(t, [][]string{{"evalsha", "sadd", "sadd"}, {"evalsha"}}, trips)
+			Equals(t, int64(2), counts["evalsha"])
+			Equals(t, int64(0), counts["eval"])
+			// All three GETs run inside the scripts: acquire reads the lock,
+			// release its retry record and the lock. A GET sent by the
+			// client would make a fourth.
+			Equals(t, int64(3), counts["get"])
+		})
+	}
+}
