@@ -58,9 +58,14 @@ type Adapter struct {
 	pending   []pendingChange
 }
 
+// pendingChange is a project lock, or with isCommand the command lock,
+// taken or released during a fallback.
 type pendingChange struct {
-	lock     models.ProjectLock
-	released bool
+	lock      models.ProjectLock
+	isCommand bool
+	command   command.Name
+	lockTime  time.Time
+	released  bool
 }
 
 var _ db.Database = (*Adapter)(nil)
@@ -83,7 +88,7 @@ func NewAdapter(legacy db.Database, backend Backend, opts AdapterOptions) *Adapt
 	if opts.BackendName == "" {
 		opts.BackendName = "enhanced"
 	}
-	return &Adapter{legacy: legacy, backend: backend, opts: opts, metrics: newAdapterMetrics(opts.Scope)}
+	return &Adapter{legacy: &serializedDatabase{Database: legacy}, backend: backend, opts: opts, metrics: newAdapterMetrics(opts.Scope)}
 }
 
 // ActiveBackend names where lock operations go right now.
@@ -99,125 +104,101 @@ func (a *Adapter) ActiveBackend() string {
 // TryLock implements db.Database.
 func (a *Adapter) TryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
 	start := time.Now()
-	acquired, current, err := a.tryLock(lock)
-	a.metrics.recordTryLock(start, acquired, err)
-	return acquired, current, err
-}
-
-func (a *Adapter) tryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
-	a.mu.RLock()
-	if a.fallback {
-		defer a.mu.RUnlock()
-		return a.legacyTryLock(lock)
-	}
 	var acquired bool
 	var current models.ProjectLock
-	err := a.call(func(ctx context.Context) error {
-		var err error
-		req := LockRequest{Lock: lock, Priority: PriorityNormal}
-		if a.opts.WaitTimeout > 0 {
-			acquired, current, err = a.backend.TryLockWithTimeout(ctx, req, a.opts.WaitTimeout)
-		} else {
-			acquired, current, err = a.backend.TryLock(ctx, req)
+	err := a.run(func() error {
+		err := a.call(func(ctx context.Context) error {
+			var err error
+			req := LockRequest{Lock: lock, Priority: PriorityNormal}
+			if a.opts.WaitTimeout > 0 {
+				acquired, current, err = a.backend.TryLockWithTimeout(ctx, req, a.opts.WaitTimeout)
+			} else {
+				acquired, current, err = a.backend.TryLock(ctx, req)
+			}
+			return err
+		}, a.opts.WaitTimeout)
+		if err == nil && acquired && a.opts.SeparateLegacyLocks {
+			a.mirrorLock(current)
 		}
 		return err
-	}, a.opts.WaitTimeout)
-	a.mu.RUnlock()
-	if a.shouldFallBack(err) {
-		return a.tryLock(lock)
-	}
+	}, func() error {
+		var err error
+		acquired, current, err = a.legacy.TryLock(lock)
+		if err == nil && acquired {
+			a.remember(pendingChange{lock: current})
+		}
+		return err
+	})
+	a.metrics.recordTryLock(start, acquired, err)
 	if err != nil {
 		return false, models.ProjectLock{}, a.wrap("lock", err)
 	}
-	if acquired && a.opts.SeparateLegacyLocks {
-		a.mirror(current, func() error {
-			_, _, err := a.legacy.TryLock(current)
-			return err
-		})
-	}
 	return acquired, current, nil
-}
-
-func (a *Adapter) legacyTryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
-	acquired, current, err := a.legacy.TryLock(lock)
-	if err == nil && acquired {
-		a.remember(pendingChange{lock: current})
-	}
-	return acquired, current, err
 }
 
 // Unlock implements db.Database. It cleans the legacy database as well, where
 // locks taken before enhanced locking was on, or during a fallback, may live.
 func (a *Adapter) Unlock(project models.Project, workspace string) (*models.ProjectLock, error) {
-	a.mu.RLock()
-	if a.fallback {
-		defer a.mu.RUnlock()
-		lock, err := a.legacy.Unlock(project, workspace)
+	var lock *models.ProjectLock
+	err := a.run(func() error {
+		// Release by owner, not by key: a retry after a lost reply must not
+		// release the pull the lock was handed to in the meantime.
+		var holder *models.ProjectLock
+		err := a.call(func(ctx context.Context) error {
+			var err error
+			holder, err = a.backend.GetLock(ctx, project, workspace)
+			return err
+		}, 0)
+		if err == nil && holder != nil {
+			err = a.call(func(ctx context.Context) error {
+				var err error
+				lock, err = a.backend.UnlockIfOwnedByPull(ctx, project, workspace, holder.Pull.Num)
+				return err
+			}, 0)
+		}
+		if err != nil || !a.opts.SeparateLegacyLocks {
+			return err
+		}
+		// The backend may already have handed the lock to a waiting pull,
+		// and a legacy database on the same Redis sees that pull's lock:
+		// only remove what belonged to the pull we released.
+		var legacyLock *models.ProjectLock
+		var legacyErr error
+		if lock != nil {
+			legacyLock, legacyErr = a.legacy.UnlockIfOwnedByPull(project, workspace, lock.Pull.Num)
+		} else {
+			legacyLock, legacyErr = a.legacy.Unlock(project, workspace)
+		}
+		if legacyErr != nil {
+			a.mirrorFailed(lock, legacyErr)
+		}
+		if lock == nil {
+			lock = legacyLock
+		}
+		return nil
+	}, func() error {
+		var err error
+		lock, err = a.legacy.Unlock(project, workspace)
 		if err == nil && lock != nil {
 			a.remember(pendingChange{lock: *lock, released: true})
 		}
-		return lock, err
-	}
-	var lock *models.ProjectLock
-	err := a.call(func(ctx context.Context) error {
-		var err error
-		lock, err = a.backend.Unlock(ctx, project, workspace)
 		return err
-	}, 0)
-	a.mu.RUnlock()
-	if a.shouldFallBack(err) {
-		return a.Unlock(project, workspace)
-	}
-	if err != nil {
-		return nil, a.wrap("unlock", err)
-	}
-	if !a.opts.SeparateLegacyLocks {
-		return lock, nil
-	}
-	// The backend may already have handed the lock to a waiting pull, and a
-	// legacy database on the same Redis sees that pull's lock: only remove
-	// what belonged to the pull we released.
-	var legacyLock *models.ProjectLock
-	var legacyErr error
-	if lock != nil {
-		legacyLock, legacyErr = a.legacy.UnlockIfOwnedByPull(project, workspace, lock.Pull.Num)
-	} else {
-		legacyLock, legacyErr = a.legacy.Unlock(project, workspace)
-	}
-	if legacyErr != nil {
-		a.mirrorFailed(lock, legacyErr)
-	}
-	if lock == nil {
-		return legacyLock, nil
-	}
-	return lock, nil
+	})
+	return lock, a.wrap("unlock", err)
 }
 
 // UnlockIfOwnedByPull implements db.Database.
 func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, pullNum int) (*models.ProjectLock, error) {
-	a.mu.RLock()
-	if a.fallback {
-		defer a.mu.RUnlock()
-		lock, err := a.legacy.UnlockIfOwnedByPull(project, workspace, pullNum)
-		if err == nil && lock != nil {
-			a.remember(pendingChange{lock: *lock, released: true})
-		}
-		return lock, err
-	}
 	var lock *models.ProjectLock
-	err := a.call(func(ctx context.Context) error {
-		var err error
-		lock, err = a.backend.UnlockIfOwnedByPull(ctx, project, workspace, pullNum)
-		return err
-	}, 0)
-	a.mu.RUnlock()
-	if a.shouldFallBack(err) {
-		return a.UnlockIfOwnedByPull(project, workspace, pullNum)
-	}
-	if err != nil {
-		return nil, a.wrap("unlock", err)
-	}
-	if a.opts.SeparateLegacyLocks {
+	err := a.run(func() error {
+		err := a.call(func(ctx context.Context) error {
+			var err error
+			lock, err = a.backend.UnlockIfOwnedByPull(ctx, project, workspace, pullNum)
+			return err
+		}, 0)
+		if err != nil || !a.opts.SeparateLegacyLocks {
+			return err
+		}
 		legacyLock, legacyErr := a.legacy.UnlockIfOwnedByPull(project, workspace, pullNum)
 		if legacyErr != nil {
 			a.mirrorFailed(lock, legacyErr)
@@ -225,51 +206,80 @@ func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, 
 		if lock == nil {
 			lock = legacyLock
 		}
-	}
-	return lock, nil
+		return nil
+	}, func() error {
+		var err error
+		lock, err = a.legacy.UnlockIfOwnedByPull(project, workspace, pullNum)
+		if err == nil && lock != nil {
+			a.remember(pendingChange{lock: *lock, released: true})
+		}
+		return err
+	})
+	return lock, a.wrap("unlock", err)
 }
 
 // UnlockByPull implements db.Database.
 func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.ProjectLock, error) {
-	a.mu.RLock()
-	if a.fallback {
-		defer a.mu.RUnlock()
-		locks, err := a.legacy.UnlockByPull(repoFullName, pullNum)
+	var locks []models.ProjectLock
+	err := a.run(func() error {
+		err := a.call(func(ctx context.Context) error {
+			var err error
+			locks, err = a.backend.UnlockByPull(ctx, repoFullName, pullNum)
+			return err
+		}, 0)
+		if err != nil || !a.opts.SeparateLegacyLocks {
+			return err
+		}
+		legacyLocks, legacyErr := a.legacyUnlockByPull(repoFullName, pullNum)
+		if legacyErr != nil {
+			a.mirrorFailed(nil, legacyErr)
+		}
+		locks = mergeLocks(locks, legacyLocks)
+		return nil
+	}, func() error {
+		var err error
+		locks, err = a.legacyUnlockByPull(repoFullName, pullNum)
 		for _, l := range locks {
 			a.remember(pendingChange{lock: l, released: true})
 		}
-		return locks, err
-	}
-	var locks []models.ProjectLock
-	err := a.call(func(ctx context.Context) error {
-		var err error
-		locks, err = a.backend.UnlockByPull(ctx, repoFullName, pullNum)
 		return err
-	}, 0)
-	a.mu.RUnlock()
-	if a.shouldFallBack(err) {
-		return a.UnlockByPull(repoFullName, pullNum)
-	}
+	})
+	return locks, a.wrap("unlock", err)
+}
+
+// legacyUnlockByPull releases the pull's locks in the legacy database one by
+// one: upstream's UnlockByPull matches the repo name as a key prefix, so for
+// org/repo it would also release that pull number's locks in org/repo-two.
+func (a *Adapter) legacyUnlockByPull(repoFullName string, pullNum int) ([]models.ProjectLock, error) {
+	all, err := a.legacy.List()
 	if err != nil {
-		return nil, a.wrap("unlock", err)
+		return nil, err
 	}
-	if !a.opts.SeparateLegacyLocks {
-		return locks, nil
+	var released []models.ProjectLock
+	for _, l := range all {
+		if l.Project.RepoFullName != repoFullName || l.Pull.Num != pullNum {
+			continue
+		}
+		lock, err := a.legacy.UnlockIfOwnedByPull(l.Project, l.Workspace, pullNum)
+		if err != nil {
+			return released, err
+		}
+		if lock != nil {
+			released = append(released, *lock)
+		}
 	}
-	legacyLocks, legacyErr := a.legacy.UnlockByPull(repoFullName, pullNum)
-	if legacyErr != nil {
-		a.mirrorFailed(nil, legacyErr)
-	}
-	return mergeLocks(locks, legacyLocks), nil
+	return released, nil
 }
 
 // GetLock implements db.Database.
 func (a *Adapter) GetLock(project models.Project, workspace string) (*models.ProjectLock, error) {
 	var lock *models.ProjectLock
-	err := a.read(func(ctx context.Context) error {
-		var err error
-		lock, err = a.backend.GetLock(ctx, project, workspace)
-		return err
+	err := a.run(func() error {
+		return a.call(func(ctx context.Context) error {
+			var err error
+			lock, err = a.backend.GetLock(ctx, project, workspace)
+			return err
+		}, 0)
 	}, func() error {
 		var err error
 		lock, err = a.legacy.GetLock(project, workspace)
@@ -281,10 +291,12 @@ func (a *Adapter) GetLock(project models.Project, workspace string) (*models.Pro
 // List implements db.Database.
 func (a *Adapter) List() ([]models.ProjectLock, error) {
 	var locks []models.ProjectLock
-	err := a.read(func(ctx context.Context) error {
-		var err error
-		locks, err = a.backend.List(ctx)
-		return err
+	err := a.run(func() error {
+		return a.call(func(ctx context.Context) error {
+			var err error
+			locks, err = a.backend.List(ctx)
+			return err
+		}, 0)
 	}, func() error {
 		var err error
 		locks, err = a.legacy.List()
@@ -293,36 +305,64 @@ func (a *Adapter) List() ([]models.ProjectLock, error) {
 	return locks, a.wrap("list locks", err)
 }
 
-// LockCommand implements db.Database: the global apply lock.
+// LockCommand implements db.Database: the global apply lock. Command locks
+// have no owner, so the legacy copy is a plain copy.
 func (a *Adapter) LockCommand(cmdName command.Name, lockTime time.Time) (*command.Lock, error) {
 	var lock *command.Lock
-	err := a.write(func(ctx context.Context) error {
+	legacyLock := func() error {
 		var err error
-		lock, err = a.backend.LockCommand(ctx, cmdName, lockTime)
+		lock, err = a.legacy.LockCommand(cmdName, lockTime)
+		return err
+	}
+	err := a.run(func() error {
+		err := a.call(func(ctx context.Context) error {
+			var err error
+			lock, err = a.backend.LockCommand(ctx, cmdName, lockTime)
+			return err
+		}, 0)
+		if err == nil && a.opts.SeparateLegacyLocks {
+			a.mirrorCommandLock(cmdName, lockTime)
+		}
 		return err
 	}, func() error {
-		_, err := a.legacy.LockCommand(cmdName, lockTime)
-		return err
+		if err := legacyLock(); err != nil {
+			return err
+		}
+		a.remember(pendingChange{isCommand: true, command: cmdName, lockTime: lockTime})
+		return nil
 	})
 	return lock, a.wrap("lock command", err)
 }
 
 // UnlockCommand implements db.Database.
 func (a *Adapter) UnlockCommand(cmdName command.Name) error {
-	return a.wrap("unlock command", a.write(func(ctx context.Context) error {
-		return a.backend.UnlockCommand(ctx, cmdName)
+	err := a.run(func() error {
+		err := a.call(func(ctx context.Context) error {
+			return a.backend.UnlockCommand(ctx, cmdName)
+		}, 0)
+		if err == nil && a.opts.SeparateLegacyLocks {
+			a.mirrorCommandUnlock(cmdName)
+		}
+		return err
 	}, func() error {
-		return a.legacy.UnlockCommand(cmdName)
-	}))
+		if err := a.legacy.UnlockCommand(cmdName); err != nil {
+			return err
+		}
+		a.remember(pendingChange{isCommand: true, command: cmdName, released: true})
+		return nil
+	})
+	return a.wrap("unlock command", err)
 }
 
 // CheckCommandLock implements db.Database.
 func (a *Adapter) CheckCommandLock(cmdName command.Name) (*command.Lock, error) {
 	var lock *command.Lock
-	err := a.read(func(ctx context.Context) error {
-		var err error
-		lock, err = a.backend.CheckCommandLock(ctx, cmdName)
-		return err
+	err := a.run(func() error {
+		return a.call(func(ctx context.Context) error {
+			var err error
+			lock, err = a.backend.CheckCommandLock(ctx, cmdName)
+			return err
+		}, 0)
 	}, func() error {
 		var err error
 		lock, err = a.legacy.CheckCommandLock(cmdName)
@@ -367,40 +407,25 @@ func (a *Adapter) Close() error {
 	return a.backend.Close()
 }
 
-// read runs a read in the active mode.
-func (a *Adapter) read(enhanced func(context.Context) error, legacy func() error) error {
-	a.mu.RLock()
-	if a.fallback {
-		defer a.mu.RUnlock()
-		return legacy()
-	}
-	err := a.call(enhanced, 0)
-	a.mu.RUnlock()
-	if a.shouldFallBack(err) {
-		return a.read(enhanced, legacy)
-	}
-	return err
-}
-
-// write runs a command-lock change in the active mode and mirrors it.
-// Command locks have no owner, so the mirror is a plain copy.
-func (a *Adapter) write(enhanced func(context.Context) error, legacy func() error) error {
-	a.mu.RLock()
-	if a.fallback {
-		defer a.mu.RUnlock()
-		return legacy()
-	}
-	err := a.call(enhanced, 0)
-	a.mu.RUnlock()
-	if a.shouldFallBack(err) {
-		return a.write(enhanced, legacy)
-	}
-	if err == nil && a.opts.SeparateLegacyLocks {
-		if mirrorErr := legacy(); mirrorErr != nil {
-			a.mirrorFailed(nil, mirrorErr)
+// run performs one operation entirely in the active mode: enhanced (the
+// backend call and its legacy copy) or fallback (the legacy database). The
+// read lock keeps the mode from changing halfway, which would let a legacy
+// copy land after the fallback took over. If the backend turns out to be
+// unreachable and fallback is allowed, the operation runs again in fallback.
+func (a *Adapter) run(enhanced func() error, legacy func() error) error {
+	for {
+		a.mu.RLock()
+		if a.fallback {
+			err := legacy()
+			a.mu.RUnlock()
+			return err
+		}
+		err := enhanced()
+		a.mu.RUnlock()
+		if !a.shouldFallBack(err) {
+			return err
 		}
 	}
-	return err
 }
 
 // call runs op against the backend with a deadline of the operation timeout
@@ -471,11 +496,17 @@ func (a *Adapter) reconcile() error {
 	for len(a.pending) > 0 {
 		change := a.pending[0]
 		err := a.call(func(ctx context.Context) error {
-			if change.released {
+			switch {
+			case change.isCommand && change.released:
+				return a.backend.UnlockCommand(ctx, change.command)
+			case change.isCommand:
+				return a.copyCommandLock(ctx, change.command, change.lockTime)
+			case change.released:
 				_, err := a.backend.UnlockIfOwnedByPull(ctx, change.lock.Project, change.lock.Workspace, change.lock.Pull.Num)
 				return err
+			default:
+				return a.copyLock(ctx, change.lock)
 			}
-			return a.copyLock(ctx, change.lock)
 		}, 0)
 		if err != nil {
 			return err
@@ -498,6 +529,9 @@ func (a *Adapter) copyLock(ctx context.Context, lock models.ProjectLock) error {
 		a.opts.Logger.Warn("enhanced locking: conflict for %s: the legacy database says pull #%d holds it but %s says pull #%d does; kept %s's, review pull #%d",
 			models.GenerateLockKey(lock.Project, lock.Workspace), lock.Pull.Num, a.opts.BackendName, current.Pull.Num, a.opts.BackendName, lock.Pull.Num)
 		a.opts.Events.Publish(Event{Type: EventLockConflict, Time: time.Now(), Lock: &lock, Current: &current})
+		if a.opts.SeparateLegacyLocks {
+			a.mirrorLock(current)
+		}
 	}
 	return nil
 }
@@ -521,11 +555,22 @@ func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("reading legacy global apply lock to import: %w", err)
 	}
 	if applyLock != nil {
-		if _, err := a.backend.LockCommand(ctx, command.Apply, applyLock.LockTime()); err != nil {
+		if err := a.copyCommandLock(ctx, command.Apply, applyLock.LockTime()); err != nil {
 			return 0, a.wrap("import global apply lock", err)
 		}
 	}
 	return len(locks), nil
+}
+
+// copyCommandLock takes a command lock in the backend unless it is already
+// taken there: command locks have no owner, so either way it is locked.
+func (a *Adapter) copyCommandLock(ctx context.Context, cmdName command.Name, lockTime time.Time) error {
+	current, err := a.backend.CheckCommandLock(ctx, cmdName)
+	if err != nil || (current != nil && current.IsLocked()) {
+		return err
+	}
+	_, err = a.backend.LockCommand(ctx, cmdName, lockTime)
+	return err
 }
 
 func (a *Adapter) remember(c pendingChange) {
@@ -534,12 +579,46 @@ func (a *Adapter) remember(c pendingChange) {
 	a.pending = append(a.pending, c)
 }
 
-// mirror copies an acquired lock into the legacy database. A failure leaves
-// the lock valid: only a later rollback would miss it, so it is reported and
-// the request still succeeds.
-func (a *Adapter) mirror(lock models.ProjectLock, write func() error) {
-	if err := write(); err != nil {
+// mirrorLock copies a lock the backend granted into the legacy database. The
+// backend is the truth: a different holder in the legacy copy is stale (its
+// release there has not landed yet, or a fallback conflict left it) and is
+// replaced. A failure leaves the lock valid, since only a later rollback
+// would miss it, so it is reported and the request still succeeds.
+func (a *Adapter) mirrorLock(lock models.ProjectLock) {
+	acquired, current, err := a.legacy.TryLock(lock)
+	if err == nil && !acquired && current.Pull.Num != lock.Pull.Num {
+		if _, err = a.legacy.UnlockIfOwnedByPull(lock.Project, lock.Workspace, current.Pull.Num); err == nil {
+			acquired, current, err = a.legacy.TryLock(lock)
+		}
+		if err == nil && !acquired && current.Pull.Num != lock.Pull.Num {
+			err = fmt.Errorf("the legacy database has %s held by pull #%d", models.GenerateLockKey(lock.Project, lock.Workspace), current.Pull.Num)
+		}
+	}
+	if err != nil {
 		a.mirrorFailed(&lock, err)
+	}
+}
+
+// mirrorCommandLock and mirrorCommandUnlock copy the global apply lock into
+// the legacy database, which refuses to lock what is locked and to unlock
+// what is not: look first.
+func (a *Adapter) mirrorCommandLock(cmdName command.Name, lockTime time.Time) {
+	current, err := a.legacy.CheckCommandLock(cmdName)
+	if err == nil && (current == nil || !current.IsLocked()) {
+		_, err = a.legacy.LockCommand(cmdName, lockTime)
+	}
+	if err != nil {
+		a.mirrorFailed(nil, err)
+	}
+}
+
+func (a *Adapter) mirrorCommandUnlock(cmdName command.Name) {
+	current, err := a.legacy.CheckCommandLock(cmdName)
+	if err == nil && current != nil && current.IsLocked() {
+		err = a.legacy.UnlockCommand(cmdName)
+	}
+	if err != nil {
+		a.mirrorFailed(nil, err)
 	}
 }
 
@@ -556,7 +635,11 @@ func (a *Adapter) wrap(op string, err error) error {
 		return nil
 	}
 	if errors.Is(err, ErrBackendUnavailable) {
-		return fmt.Errorf("enhanced locking could not %s: %s is unreachable, so no lock was granted; retry once it is back, or ask an operator to check it: %w", op, a.opts.BackendName, err)
+		outcome := "nothing was changed"
+		if op == "lock" {
+			outcome = "no lock was granted"
+		}
+		return fmt.Errorf("enhanced locking could not %s: %s is unreachable, so %s; retry once it is back, or ask an operator to check it: %w", op, a.opts.BackendName, outcome, err)
 	}
 	return fmt.Errorf("enhanced locking could not %s: %w", op, err)
 }

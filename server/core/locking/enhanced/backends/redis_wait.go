@@ -77,11 +77,15 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration, curr models.Pr
 
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	heartbeat := time.NewTicker(w.r.waiterTTL / 3)
+	heartbeat := time.NewTicker(max(w.r.waiterTTL/3, time.Millisecond))
 	defer heartbeat.Stop()
 	for {
 		select {
-		case note := <-notes:
+		case note, ok := <-notes:
+			if !ok {
+				notes = nil // closed with the subscription; heartbeats still check
+				continue
+			}
 			if note.Payload != w.token {
 				continue
 			}

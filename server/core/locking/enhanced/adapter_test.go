@@ -1,0 +1,349 @@
+package enhanced_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/runatlantis/atlantis/server/core/boltdb"
+	"github.com/runatlantis/atlantis/server/core/locking"
+	"github.com/runatlantis/atlantis/server/events/command"
+	"github.com/runatlantis/atlantis/server/events/models"
+	"github.com/runatlantis/atlantis/server/logging"
+	. "github.com/runatlantis/atlantis/testing"
+	tally "github.com/uber-go/tally/v4"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+// openBolt opens upstream's BoltDB in dir, closed when the test ends.
+func openBolt(t *testing.T, dir string) *boltdb.BoltDB {
+	t.Helper()
+	db, err := boltdb.New(dir)
+	Ok(t, err)
+	t.Cleanup(func() { db.Close() }) // nolint: errcheck
+	return db
+}
+
+// fastClient fails fast when Redis is down, so fault tests do not wait for
+// go-redis's default retries.
+func fastClient(t *testing.T, srv *redistest.Server) *redis.Client {
+	opts := srv.Options()
+	opts.MaxRetries = -1
+	opts.DialTimeout = 200 * time.Millisecond
+	opts.ReadTimeout = 500 * time.Millisecond
+	opts.WriteTimeout = 500 * time.Millisecond
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() }) // nolint: errcheck
+	return c
+}
+
+func newRedisAdapter(t *testing.T, client redis.UniversalClient, legacy *boltdb.BoltDB, opts enhanced.AdapterOptions) *enhanced.Adapter {
+	opts.BackendName = "redis"
+	opts.SeparateLegacyLocks = true
+	opts.OperationTimeout = 2 * time.Second
+	if opts.Logger == nil {
+		opts.Logger = logging.NewNoopLogger(t)
+	}
+	return enhanced.NewAdapter(legacy, backends.NewRedis(client, backends.RedisOptions{Logger: opts.Logger}), opts)
+}
+
+// TestAdapter_Conformance runs the lock contract through the adapter as the
+// db.Database upstream's clients see, in each mode the server installs.
+func TestAdapter_Conformance(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	modes := map[string]func(t *testing.T) enhanced.Backend{
+		"redis": func(t *testing.T) enhanced.Backend {
+			Ok(t, client.FlushAll(context.Background()).Err())
+			return enhancedtest.LegacyBackend(newRedisAdapter(t, client, openBolt(t, t.TempDir()), enhanced.AdapterOptions{}))
+		},
+		"boltdb": func(t *testing.T) enhanced.Backend {
+			legacy := openBolt(t, t.TempDir())
+			return enhancedtest.LegacyBackend(enhanced.NewAdapter(legacy, backends.NewBoltDB(legacy, logging.NewNoopLogger(t)), enhanced.AdapterOptions{BackendName: "boltdb"}))
+		},
+	}
+	for name, newBackend := range modes {
+		t.Run(name, func(t *testing.T) {
+			enhancedtest.RunConformance(t, newBackend, enhancedtest.Capabilities{})
+		})
+	}
+}
+
+// TestAdapter_UpstreamClients drives the adapter through upstream's Locker and
+// ApplyLocker, the interfaces the server's components hold.
+func TestAdapter_UpstreamClients(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	legacy := openBolt(t, t.TempDir())
+	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{})
+	var locker locking.Locker = locking.NewClient(adapter)
+	var applyLocker locking.ApplyLocker = locking.NewApplyClient(adapter, false, false)
+
+	project := models.NewProject("org/repo", "dir", "")
+	pull1 := models.PullRequest{Num: 1, BaseRepo: models.Repo{FullName: "org/repo"}}
+	pull2 := models.PullRequest{Num: 2, BaseRepo: models.Repo{FullName: "org/repo"}}
+	r, err := locker.TryLock(project, "default", pull1, models.User{Username: "a"})
+	Ok(t, err)
+	Assert(t, r.LockAcquired, "pull 1 should get the lock")
+	Equals(t, "org/repo/dir/default/", r.LockKey)
+	r, err = locker.TryLock(project, "default", pull2, models.User{Username: "b"})
+	Ok(t, err)
+	Assert(t, !r.LockAcquired, "pull 2 must not get pull 1's lock")
+	Equals(t, 1, r.CurrLock.Pull.Num)
+
+	// The lock is in Redis under upstream's key, and mirrored into BoltDB.
+	val, err := client.Get(context.Background(), "pr/org/repo/dir/default/").Result()
+	Ok(t, err)
+	Assert(t, strings.Contains(val, `"Num":1`), "redis value %s", val)
+	mirrored, err := legacy.GetLock(project, "default")
+	Ok(t, err)
+	Assert(t, mirrored != nil && mirrored.Pull.Num == 1, "lock not mirrored into the legacy database")
+
+	locks, err := locker.List()
+	Ok(t, err)
+	Equals(t, 1, len(locks))
+	got, err := locker.Unlock("org/repo/dir/default/")
+	Ok(t, err)
+	Equals(t, 1, got.Pull.Num)
+	mirrored, err = legacy.GetLock(project, "default")
+	Ok(t, err)
+	Assert(t, mirrored == nil, "unlock must clean the legacy database too")
+
+	applyLock, err := applyLocker.LockApply()
+	Ok(t, err)
+	Assert(t, applyLock.Locked, "global apply lock not taken")
+	check, err := applyLocker.CheckApplyLock()
+	Ok(t, err)
+	Assert(t, check.Locked, "global apply lock not seen")
+	legacyApply, err := legacy.CheckCommandLock(command.Apply)
+	Ok(t, err)
+	Assert(t, legacyApply != nil, "global apply lock not mirrored")
+	Ok(t, applyLocker.UnlockApply())
+	check, err = applyLocker.CheckApplyLock()
+	Ok(t, err)
+	Assert(t, !check.Locked, "global apply lock still held")
+}
+
+// TestAdapter_FailsClosed stops Redis under a held lock: requests fail with a
+// message that says why, nothing is granted, and nothing is lost on restart.
+func TestAdapter_FailsClosed(t *testing.T) {
+	srv := redistest.Start(t, redistest.WithAppendOnly())
+	client := fastClient(t, srv)
+	legacy := openBolt(t, t.TempDir())
+	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{})
+	held := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	acquired, _, err := adapter.TryLock(held)
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired")
+
+	srv.Stop()
+	other := enhancedtest.NewLock("org/repo", "other", "default", "", 2)
+	acquired, _, err = adapter.TryLock(other)
+	Assert(t, !acquired, "a lock was granted while Redis was down")
+	ErrContains(t, "enhanced locking could not lock: redis is unreachable, so no lock was granted", err)
+	_, err = adapter.List()
+	ErrContains(t, "redis is unreachable", err)
+	Equals(t, "redis", adapter.ActiveBackend())
+
+	srv.Restart()
+	locks, err := adapter.List()
+	Ok(t, err)
+	Equals(t, 1, len(locks))
+	Equals(t, 1, locks[0].Pull.Num)
+	acquired, _, err = adapter.TryLock(other)
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired after Redis returned")
+}
+
+// TestAdapter_FallbackReconciles falls back to BoltDB while Redis is down and
+// checks what happened meanwhile lands in Redis, with a conflict reported
+// rather than overwritten.
+func TestAdapter_FallbackReconciles(t *testing.T) {
+	srv := redistest.Start(t, redistest.WithAppendOnly())
+	client := fastClient(t, srv)
+	legacy := openBolt(t, t.TempDir())
+	var events []enhanced.Event
+	var eventsMu sync.Mutex
+	scope := tally.NewTestScope("", nil)
+	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{
+		FallbackToLegacy: true,
+		Scope:            scope,
+		Events: enhanced.PublisherFunc(func(e enhanced.Event) {
+			eventsMu.Lock()
+			defer eventsMu.Unlock()
+			events = append(events, e)
+		}),
+	})
+	// Another replica holds a lock this one's BoltDB knows nothing about.
+	otherReplica := backends.NewRedis(client, backends.RedisOptions{})
+	contested := enhancedtest.NewLock("org/repo", "contested", "default", "", 9)
+	acquired, _, err := otherReplica.TryLock(context.Background(), enhancedtest.Request(contested))
+	Ok(t, err)
+	Assert(t, acquired, "setup lock not acquired")
+	before := enhancedtest.NewLock("org/repo", "before", "default", "", 1)
+	acquired, _, err = adapter.TryLock(before)
+	Ok(t, err)
+	Assert(t, acquired, "setup lock not acquired")
+
+	srv.Stop()
+	during := enhancedtest.NewLock("org/repo", "during", "default", "", 2)
+	acquired, _, err = adapter.TryLock(during)
+	Ok(t, err)
+	Assert(t, acquired, "fallback should grant a free lock")
+	Equals(t, "legacy-fallback", adapter.ActiveBackend())
+	_, err = adapter.Unlock(before.Project, before.Workspace)
+	Ok(t, err)
+	conflicting := contested
+	conflicting.Pull.Num = 3
+	acquired, _, err = adapter.TryLock(conflicting)
+	Ok(t, err)
+	Assert(t, acquired, "BoltDB does not know the other replica's lock")
+
+	srv.Restart()
+	adapter.BackendHealthChanged(true)
+	Equals(t, "redis", adapter.ActiveBackend())
+	locks, err := adapter.List()
+	Ok(t, err)
+	byPath := map[string]int{}
+	for _, l := range locks {
+		byPath[l.Project.Path] = l.Pull.Num
+	}
+	Equals(t, map[string]int{"during": 2, "contested": 9}, byPath)
+
+	eventsMu.Lock()
+	defer eventsMu.Unlock()
+	var types []enhanced.EventType
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+	Equals(t, []enhanced.EventType{enhanced.EventFallbackActivated, enhanced.EventLockConflict, enhanced.EventFallbackRecovered}, types)
+	Equals(t, 3, events[1].Lock.Pull.Num)
+	Equals(t, 9, events[1].Current.Pull.Num)
+	counters := scope.Snapshot().Counters()
+	Equals(t, int64(1), counters["fallback_events_total+to=legacy"].Value())
+	Equals(t, int64(1), counters["fallback_events_total+to=redis"].Value())
+	Equals(t, int64(1), counters["lock_conflicts_total+"].Value())
+}
+
+// TestAdapter_RollbackKeepsLocks: enable, lock, disable, restart: the legacy
+// database has every lock. Then the reverse: a lock taken while disabled is
+// in Redis after enabling again.
+func TestAdapter_RollbackKeepsLocks(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	dir := t.TempDir()
+
+	legacy, err := boltdb.New(dir)
+	Ok(t, err)
+	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{})
+	enabledLock := enhancedtest.NewLock("org/repo", "enabled", "default", "", 1)
+	acquired, _, err := adapter.TryLock(enabledLock)
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired")
+	_, err = adapter.LockCommand(command.Apply, time.Now())
+	Ok(t, err)
+	Ok(t, legacy.Close())
+
+	// Disabled: upstream alone on the same BoltDB file.
+	legacy = openBolt(t, dir)
+	lock, err := legacy.GetLock(enabledLock.Project, enabledLock.Workspace)
+	Ok(t, err)
+	Assert(t, lock != nil && lock.Pull.Num == 1, "lock taken while enabled is missing after rollback")
+	applyLock, err := legacy.CheckCommandLock(command.Apply)
+	Ok(t, err)
+	Assert(t, applyLock != nil, "global apply lock missing after rollback")
+	disabledLock := enhancedtest.NewLock("org/repo", "disabled", "default", "", 2)
+	acquired, _, err = legacy.TryLock(disabledLock)
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired while disabled")
+
+	// Enabled again: the import brings the lock taken while disabled.
+	adapter = newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{})
+	n, err := adapter.ImportLegacyLocks(context.Background())
+	Ok(t, err)
+	Equals(t, 2, n)
+	n, err = adapter.ImportLegacyLocks(context.Background())
+	Ok(t, err)
+	Equals(t, 2, n) // idempotent
+	locks, err := adapter.List()
+	Ok(t, err)
+	Equals(t, 2, len(locks))
+	other := enhancedtest.NewLock("org/repo", "disabled", "default", "", 3)
+	acquired, current, err := adapter.TryLock(other)
+	Ok(t, err)
+	Assert(t, !acquired, "imported lock was not enforced")
+	Equals(t, 2, current.Pull.Num)
+}
+
+// TestAdapter_ConcurrentWhileHealthFlips runs lock traffic from many
+// goroutines while the backend's health flips, then checks Redis and BoltDB
+// agree on who holds what.
+func TestAdapter_ConcurrentWhileHealthFlips(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	legacy := openBolt(t, t.TempDir())
+	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{FallbackToLegacy: true})
+
+	const workers, rounds = 8, 50
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	go func() {
+		healthy := false
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+				adapter.BackendHealthChanged(healthy)
+				healthy = !healthy
+			}
+		}
+	}()
+	errs := make(chan error, workers*rounds)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range rounds {
+				lock := enhancedtest.NewLock("org/repo", fmt.Sprintf("p%d", i%5), "default", "", w+1)
+				if _, _, err := adapter.TryLock(lock); err != nil {
+					errs <- err
+				}
+				if i%3 == 0 {
+					if _, err := adapter.UnlockByPull("org/repo", w+1); err != nil {
+						errs <- err
+					}
+				}
+				if _, err := adapter.List(); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	close(errs)
+	for err := range errs {
+		Ok(t, err)
+	}
+	adapter.BackendHealthChanged(true)
+	Equals(t, "redis", adapter.ActiveBackend())
+
+	inRedis, err := adapter.List()
+	Ok(t, err)
+	inBolt, err := legacy.List()
+	Ok(t, err)
+	holders := func(locks []models.ProjectLock) map[string]int {
+		m := map[string]int{}
+		for _, l := range locks {
+			m[l.Project.Path] = l.Pull.Num
+		}
+		return m
+	}
+	Equals(t, holders(inBolt), holders(inRedis))
+}

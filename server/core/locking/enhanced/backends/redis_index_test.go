@@ -1,0 +1,58 @@
+package backends
+
+import (
+	"context"
+	"testing"
+
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+// A lock deleted outside our scripts (by an upstream replica's Unlock, or by
+// hand) leaves a stale index entry that List skips and prunes.
+func TestListPrunesLocksDeletedElsewhere(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.Start(t).Client(t)
+	r := newTestRedis(t, client, RedisOptions{})
+	gone := enhancedtest.NewLock("org/repo", "gone", "default", "", 1)
+	kept := enhancedtest.NewLock("org/repo", "kept", "default", "", 1)
+	mustTryLock(t, r, gone)
+	mustTryLock(t, r, kept)
+	k := r.keys.forProject(gone.Project, gone.Workspace)
+	Ok(t, client.Del(ctx, k.lock).Err())
+
+	listed, err := r.List(ctx)
+	Ok(t, err)
+	Equals(t, 1, len(listed))
+	enhancedtest.EqualLocks(t, kept, listed[0])
+	members, err := client.SMembers(ctx, k.shard).Result()
+	Ok(t, err)
+	Equals(t, []string{r.keys.forProject(kept.Project, kept.Workspace).lock}, members)
+}
+
+// A client retrying a release whose reply it lost gets the first answer
+// again, and does not release the pull that took the lock in between.
+func TestRetriedReleaseDoesNotReleaseTheNextHolder(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{})
+	first := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, first)
+	k := r.keys.forProject(first.Project, first.Workspace)
+	call := releaseCall(k, "")
+
+	released, err := releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	Ok(t, err)
+	enhancedtest.EqualLocks(t, first, *released)
+	next := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
+	mustTryLock(t, r, next)
+
+	replayed, err := releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	Ok(t, err)
+	enhancedtest.EqualLocks(t, first, *replayed)
+	got, err := r.GetLock(ctx, next.Project, next.Workspace)
+	Ok(t, err)
+	Assert(t, got != nil, "retried release freed the next holder's lock")
+	Equals(t, 2, got.Pull.Num)
+}

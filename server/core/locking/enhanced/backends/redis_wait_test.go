@@ -1,0 +1,196 @@
+package backends
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/runatlantis/atlantis/server/events/models"
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+// queue registers a waiter for lock without waiting, as a replica does
+// before it blocks; the test then plays the replica's part by hand.
+func queue(t testing.TB, r *Redis, lock models.ProjectLock, priority enhanced.Priority) *waiter {
+	t.Helper()
+	value, err := json.Marshal(lock)
+	Ok(t, err)
+	w := &waiter{r: r, keys: r.keys.forProject(lock.Project, lock.Workspace), lock: lock, token: newToken()}
+	w.args = []any{w.token, string(value), baseRepo(lock), lock.Pull.Num, int(priority), r.waiterTTL.Milliseconds(), w.keys.channel}
+	held, _, err := w.check(context.Background(), models.ProjectLock{})
+	Ok(t, err)
+	Assert(t, !held, "waiter got the lock at once")
+	return w
+}
+
+func ownerToken(t testing.TB, r *Redis, lock models.ProjectLock) string {
+	t.Helper()
+	token, err := r.client.Get(context.Background(), r.keys.forProject(lock.Project, lock.Workspace).owner).Result()
+	Ok(t, err)
+	return token
+}
+
+func TestCrashedWaiterIsSkipped(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{WaiterTTL: 200 * time.Millisecond})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	// A critical waiter whose replica dies: it never heartbeats.
+	queue(t, r, enhancedtest.NewLock("org/repo", "dir", "default", "", 2), enhanced.PriorityCritical)
+	time.Sleep(300 * time.Millisecond)
+
+	live := enhancedtest.NewLock("org/repo", "dir", "default", "", 3)
+	result := make(chan bool, 1)
+	go func() {
+		acquired, _, err := r.TryLockWithTimeout(ctx, enhancedtest.Request(live), 10*time.Second)
+		result <- err == nil && acquired
+	}()
+	awaitQueueLength(t, r, live, 2)
+	_, err := r.Unlock(ctx, holder.Project, holder.Workspace)
+	Ok(t, err)
+	Assert(t, <-result, "live waiter did not get the lock")
+	got, err := r.GetLock(ctx, live.Project, live.Workspace)
+	Ok(t, err)
+	Equals(t, 3, got.Pull.Num)
+	awaitQueueLength(t, r, live, 0)
+}
+
+func TestWaiterHeartbeatKeepsItQueued(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{WaiterTTL: 150 * time.Millisecond})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	result := make(chan bool, 1)
+	go func() {
+		acquired, _, err := r.TryLockWithTimeout(ctx, enhancedtest.Request(enhancedtest.NewLock("org/repo", "dir", "default", "", 2)), 10*time.Second)
+		result <- err == nil && acquired
+	}()
+	time.Sleep(600 * time.Millisecond) // four TTLs
+	_, err := r.Unlock(ctx, holder.Project, holder.Workspace)
+	Ok(t, err)
+	Assert(t, <-result, "waiter that kept heartbeating lost its place")
+}
+
+// A waiter handed the lock just as it timed out keeps it.
+func TestWaiterHandedTheLockAsItTimesOutKeepsIt(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
+	w := queue(t, r, waiting, enhanced.PriorityNormal)
+	_, err := r.Unlock(ctx, holder.Project, holder.Workspace)
+	Ok(t, err)
+	Equals(t, w.token, ownerToken(t, r, waiting))
+
+	held, lock, err := w.leave(ctx, true, holder)
+	Ok(t, err)
+	Assert(t, held, "handed lock not kept")
+	enhancedtest.EqualLocks(t, waiting, lock)
+	got, err := r.GetLock(ctx, waiting.Project, waiting.Workspace)
+	Ok(t, err)
+	enhancedtest.EqualLocks(t, waiting, *got)
+}
+
+// A waiter handed the lock just as its caller went away passes it on to the
+// next waiter rather than drop or keep it.
+func TestWaiterHandedTheLockAsItIsCancelledPassesItOn(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	first := queue(t, r, enhancedtest.NewLock("org/repo", "dir", "default", "", 2), enhanced.PriorityNormal)
+	secondLock := enhancedtest.NewLock("org/repo", "dir", "default", "", 3)
+	second := queue(t, r, secondLock, enhanced.PriorityNormal)
+	_, err := r.Unlock(ctx, holder.Project, holder.Workspace)
+	Ok(t, err)
+	Equals(t, first.token, ownerToken(t, r, holder))
+
+	held, curr, err := first.leave(ctx, false, holder)
+	Ok(t, err)
+	Assert(t, !held, "cancelled waiter kept the lock")
+	enhancedtest.EqualLocks(t, secondLock, curr)
+	Equals(t, second.token, ownerToken(t, r, holder))
+}
+
+// A waiter whose token no longer owns the lock must not free it for the
+// pull that holds it now.
+func TestLeavingWaiterNeverReleasesAnotherHolder(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	w := queue(t, r, enhancedtest.NewLock("org/repo", "dir", "default", "", 2), enhanced.PriorityNormal)
+	_, err := r.Unlock(ctx, holder.Project, holder.Workspace) // handed to w
+	Ok(t, err)
+	_, err = r.Unlock(ctx, holder.Project, holder.Workspace) // an operator frees it
+	Ok(t, err)
+	later := enhancedtest.NewLock("org/repo", "dir", "default", "", 3)
+	mustTryLock(t, r, later)
+
+	held, _, err := w.leave(ctx, false, holder)
+	Ok(t, err)
+	Assert(t, !held, "waiter claims a lock it lost")
+	got, err := r.GetLock(ctx, later.Project, later.Workspace)
+	Ok(t, err)
+	Assert(t, got != nil, "leaving waiter released a later holder's lock")
+	Equals(t, 3, got.Pull.Num)
+}
+
+// Each replica has its own backend and connection; the release on one hands
+// the lock to a waiter on another.
+func TestWaitAcrossReplicas(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a := newTestRedis(t, srv.Client(t), RedisOptions{})
+	b := NewRedis(srv.Client(t), RedisOptions{})
+	t.Cleanup(func() { _ = b.Close() })
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, a, holder)
+	waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
+	result := make(chan struct{})
+	go func() {
+		defer close(result)
+		acquired, _, err := b.TryLockWithTimeout(ctx, enhancedtest.Request(waiting), 10*time.Second)
+		if err != nil || !acquired {
+			t.Errorf("acquired=%v err=%v", acquired, err)
+		}
+	}()
+	awaitQueueLength(t, a, waiting, 1)
+	released := time.Now()
+	_, err := a.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 1)
+	Ok(t, err)
+	<-result
+	// Notified, not polled: well under a heartbeat (5 s by default).
+	Assert(t, time.Since(released) < time.Second, "handoff took %s", time.Since(released))
+}
+
+func TestCloseEndsWaits(t *testing.T) {
+	ctx := context.Background()
+	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
+	result := make(chan error, 1)
+	go func() {
+		_, _, err := r.TryLockWithTimeout(ctx, enhancedtest.Request(waiting), 10*time.Second)
+		result <- err
+	}()
+	awaitQueueLength(t, r, waiting, 1)
+	Ok(t, r.Close())
+	Assert(t, errors.Is(<-result, errClosed), "wait did not end with the backend")
+	awaitQueueLength(t, r, waiting, 0)
+}
+
+func mustTryLock(t testing.TB, r *Redis, lock models.ProjectLock) {
+	t.Helper()
+	acquired, _, err := r.TryLock(context.Background(), enhancedtest.Request(lock))
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired")
+}
