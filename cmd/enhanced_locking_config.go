@@ -5,14 +5,20 @@ import (
 	"os"
 	"strings"
 
+	upstreamcmd "github.com/runatlantis/atlantis/cmd"
 	"github.com/spf13/viper"
 
 	"github.com/atlantis-enhanced/atlantis/server"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 )
 
 // enhancedLockingConfig reads every --enhanced-locking-* value from v (flag >
 // env > config file > default) and checks that they make sense together.
 func enhancedLockingConfig(v *viper.Viper) (server.EnhancedLockingConfig, error) {
+	lockingDBType := v.GetString(upstreamcmd.LockingDBType)
+	if lockingDBType == "" {
+		lockingDBType = upstreamcmd.DefaultLockingDBType
+	}
 	cfg := server.DefaultEnhancedLockingConfig()
 	for _, f := range enhancedFlags {
 		raw := strings.TrimSpace(viperString(v, f.name))
@@ -27,7 +33,7 @@ func enhancedLockingConfig(v *viper.Viper) (server.EnhancedLockingConfig, error)
 			return cfg, fmt.Errorf("invalid --%s %q: %w", f.name, shown, err)
 		}
 	}
-	return cfg, validateEnhancedLocking(cfg)
+	return cfg, validateEnhancedLocking(cfg, lockingDBType)
 }
 
 // viperString reads a key that a config file may hold as a YAML list (the
@@ -46,7 +52,10 @@ func viperString(v *viper.Viper, key string) string {
 // validateEnhancedLocking checks what no single flag can: combinations, and
 // files that must exist. It only insists on Redis settings when enhanced
 // locking will actually use Redis.
-func validateEnhancedLocking(c server.EnhancedLockingConfig) error {
+func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType string) error {
+	if err := backends.ValidateKeyPrefix(c.Redis.KeyPrefix); err != nil {
+		return fmt.Errorf("invalid --%s: %w", EnhancedLockingRedisKeyPrefixFlag, err)
+	}
 	if c.Redis.TLSCAFile != "" {
 		if err := readableFile(c.Redis.TLSCAFile); err != nil {
 			return fmt.Errorf("invalid --%s %q: %w: give the path of a readable PEM file", EnhancedLockingRedisTLSCAFileFlag, c.Redis.TLSCAFile, err)
@@ -62,6 +71,16 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig) error {
 		if err := readableFile(c.Features.PriorityRulesFile); err != nil {
 			return fmt.Errorf("invalid --%s %q: %w: give the path of a readable YAML file", EnhancedLockingPriorityRulesFlag, c.Features.PriorityRulesFile, err)
 		}
+	}
+	// The BoltDB backend and the BoltDB fallback run on the database upstream
+	// opened; if that is upstream's Redis, "boltdb" would silently be
+	// non-atomic Redis, possibly the very Redis that is down.
+	if c.Enabled && (c.Backend == server.BackendBoltDB || c.Fallback.Mode == server.FallbackBoltDB) && lockingDBType != "boltdb" {
+		flag, value := EnhancedLockingBackendFlag, c.Backend
+		if c.Backend != server.BackendBoltDB {
+			flag, value = EnhancedLockingFallbackFlag, c.Fallback.Mode
+		}
+		return fmt.Errorf("--%s=%s needs --%s=boltdb, but it is %s: use --%s=redis, or --%s=none", flag, value, upstreamcmd.LockingDBType, lockingDBType, EnhancedLockingBackendFlag, EnhancedLockingFallbackFlag)
 	}
 	if !c.Enabled || c.Backend != server.BackendRedis {
 		if c.Fallback.Mode != server.FallbackNone && c.Enabled {

@@ -3,9 +3,13 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+	upstream "github.com/runatlantis/atlantis/server"
 	"github.com/runatlantis/atlantis/server/core/db"
 	"github.com/runatlantis/atlantis/server/logging"
 	tally "github.com/uber-go/tally/v4"
@@ -31,7 +35,7 @@ type lockBackend struct {
 	describe           string
 }
 
-func newLockBackend(cfg EnhancedLockingConfig, legacy db.Database, logger logging.SimpleLogging, scope tally.Scope) (*lockBackend, error) {
+func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, legacy db.Database, logger logging.SimpleLogging, scope tally.Scope) (*lockBackend, error) {
 	switch cfg.Backend {
 	case BackendBoltDB:
 		return &lockBackend{
@@ -63,12 +67,32 @@ func newLockBackend(cfg EnhancedLockingConfig, legacy db.Database, logger loggin
 			Backend:            backend,
 			client:             client,
 			health:             redisclient.NewHealthChecker(client, cfg.Performance.HealthCheckInterval, 0, scope),
-			separateFromLegacy: true,
+			separateFromLegacy: !sharesLegacyLocks(cfg, userConfig),
 			describe:           fmt.Sprintf("redis (%s, %s)", r.Mode, strings.Join(r.Addrs, ",")),
 		}, nil
 	default:
 		return nil, fmt.Errorf("unknown enhanced locking backend %q: use boltdb or redis", cfg.Backend)
 	}
+}
+
+// sharesLegacyLocks says whether upstream's own Redis database reads and
+// writes the very keys the enhanced backend does: same Redis, same database,
+// no key prefix. Then there is nothing to mirror or import, and a rollback
+// finds every lock where upstream looks for it.
+func sharesLegacyLocks(cfg EnhancedLockingConfig, userConfig upstream.UserConfig) bool {
+	if userConfig.LockingDBType != BackendRedis || cfg.Redis.KeyPrefix != "" || cfg.Redis.DB != userConfig.RedisDB {
+		return false
+	}
+	upstreamAddrs := strings.Split(userConfig.RedisClusterAddresses, ",")
+	if userConfig.RedisClusterAddresses == "" {
+		upstreamAddrs = []string{net.JoinHostPort(userConfig.RedisHost, strconv.Itoa(userConfig.RedisPort))}
+	}
+	for _, a := range upstreamAddrs {
+		if slices.Contains(cfg.Redis.Addrs, strings.TrimSpace(a)) {
+			return true
+		}
+	}
+	return false
 }
 
 // status is the backend's health as /healthz shows it.

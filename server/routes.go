@@ -13,6 +13,9 @@ import (
 // it its web basic auth.
 func (s *Server) registerRoutes() {
 	s.Router.HandleFunc("/healthz", s.Healthz).Methods("GET")
+	if s.Adapter != nil {
+		s.Router.HandleFunc("/readyz", s.Readyz).Methods("GET")
+	}
 	if s.backend != nil && s.backend.client != nil {
 		dedupe := &deliveryDeduper{
 			next:      s.VCSEventsController.Post,
@@ -64,4 +67,21 @@ func (s *Server) enhancedHealth() EnhancedLockingHealth {
 		Status:        s.backend.status(),
 		ActiveBackend: s.Adapter.ActiveBackend(),
 	}
+}
+
+// Readyz is upstream's readiness probe extended to the enhanced backend: a
+// replica whose locks cannot be served is not ready, unless it falls back.
+func (s *Server) Readyz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	if s.Adapter.ActiveBackend() != s.Config.Backend {
+		w.Write([]byte(`{"status":"ok","enhanced_locking":"legacy-fallback"}`)) // nolint: errcheck
+		return
+	}
+	if err := s.Adapter.Ping(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		b, _ := json.Marshal(map[string]string{"status": "error", "error": err.Error()}) // nolint: errchkjson
+		w.Write(b)                                                                       // nolint: errcheck
+		return
+	}
+	w.Write([]byte(`{"status":"ok"}`)) // nolint: errcheck
 }

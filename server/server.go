@@ -14,6 +14,7 @@ import (
 	"github.com/runatlantis/atlantis/server/events/command"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
 )
 
@@ -50,7 +51,7 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 
 func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) error {
 	scope := s.StatsScope.SubScope("enhanced")
-	backend, err := newLockBackend(s.Config, legacy, s.Logger, scope)
+	backend, err := newLockBackend(s.Config, userConfig, legacy, s.Logger, scope)
 	if err != nil {
 		return err
 	}
@@ -70,9 +71,19 @@ func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) erro
 			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
 		})
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if r, ok := backend.Backend.(*backends.Redis); ok {
+		// Upstream replicas on the same Redis keep no index: find their locks
+		// once, here, so List and UnlockByPull see them.
+		n, err := r.Reindex(ctx)
+		if err != nil {
+			backend.Close() // nolint: errcheck
+			return fmt.Errorf("indexing the locks already in Redis: %w", err)
+		}
+		s.Logger.Info("enhanced locking: %d lock(s) already in Redis", n)
+	}
 	if backend.separateFromLegacy {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
 		n, err := s.Adapter.ImportLegacyLocks(ctx)
 		if err != nil {
 			backend.Close() // nolint: errcheck
@@ -132,6 +143,7 @@ func (s *Server) Start() error {
 	defer cancel()
 	if s.backend != nil && s.backend.health != nil {
 		s.backend.health.Start(ctx)
+		go s.retryRecovery(ctx)
 	}
 	err := s.Server.Start()
 	if s.Adapter != nil {
@@ -140,6 +152,22 @@ func (s *Server) Start() error {
 		}
 	}
 	return err
+}
+
+// retryRecovery tells the adapter the backend's health at every interval, not
+// only when it changes, so a fallback whose replay failed while Redis stayed
+// healthy is tried again.
+func (s *Server) retryRecovery(ctx context.Context) {
+	ticker := time.NewTicker(s.Config.Performance.HealthCheckInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			s.Adapter.BackendHealthChanged(s.backend.health.Status().Status != redisclient.HealthUnhealthy)
+		}
+	}
 }
 
 func (s *Server) logEvent(e enhanced.Event) {
