@@ -3,6 +3,7 @@ module github.com/atlantis-enhanced/atlantis
 go 1.26.5
 
 require (
+	github.com/alicebob/miniredis/v2 v2.36.1
 	github.com/google/go-github/v88 v88.0.0
 	github.com/google/uuid v1.6.0
 	github.com/redis/go-redis/v9 v9.17.3
@@ -134,6 +135,7 @@ require (
 	github.com/twmb/murmur3 v1.1.8 // indirect
 	github.com/ulikunitz/xz v0.5.15 // indirect
 	github.com/urfave/negroni/v3 v3.1.1 // indirect
+	github.com/yuin/gopher-lua v1.1.1 // indirect
 	github.com/zclconf/go-cty v1.16.3 // indirect
 	gitlab.com/gitlab-org/api/client-go v0.161.1 // indirect
 	go.etcd.io/bbolt v1.4.3 // indirect

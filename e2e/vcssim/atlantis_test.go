@@ -46,7 +46,7 @@ func TestRealAtlantis(t *testing.T) {
 	target := fmt.Sprintf("http://127.0.0.1:%d/events", port)
 	startAtlantis(t, bin, sim, port)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	byBot := func(prefix string) func(vcssim.Comment) bool {
 		return func(c vcssim.Comment) bool {
@@ -89,11 +89,17 @@ func TestRealAtlantis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sim.WaitForStatus(ctx, repo.FullName, pr.HeadSHA, func(st vcssim.Status) bool {
-		return st.Context == "atlantis/plan" && st.State == "success" && st.CreatedAt.After(replan.CreatedAt.Add(-time.Second))
-	}); err != nil {
-		t.Fatal(err)
+	// Atlantis comments before it sets the aggregate status and releases
+	// the PR's command lock; the next command must wait for the status.
+	commandDone := func(context string, after vcssim.Comment) {
+		t.Helper()
+		if _, err := sim.WaitForStatus(ctx, repo.FullName, pr.HeadSHA, func(st vcssim.Status) bool {
+			return st.Context == context && st.State == "success" && !st.CreatedAt.Before(after.CreatedAt)
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	commandDone("atlantis/plan", replan)
 
 	d, err = sim.SendComment(target, pr, "alice", "atlantis apply")
 	send("apply", d, err)
@@ -104,14 +110,17 @@ func TestRealAtlantis(t *testing.T) {
 	if !strings.Contains(apply.Body, "Apply complete!") {
 		t.Errorf("apply comment:\n%s", apply.Body)
 	}
+	commandDone("atlantis/apply", apply)
 
 	d, err = sim.SendComment(target, pr, "alice", "atlantis plan")
 	send("plan", d, err)
-	if _, err := sim.WaitForComment(ctx, repo.FullName, pr.Number, func(c vcssim.Comment) bool {
+	manual, err := sim.WaitForComment(ctx, repo.FullName, pr.Number, func(c vcssim.Comment) bool {
 		return byBot("Ran Plan")(c) && c.ID > apply.ID
-	}); err != nil {
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
+	commandDone("atlantis/plan", manual)
 
 	d, err = sim.SendComment(target, pr, "alice", "atlantis unlock")
 	send("unlock", d, err)

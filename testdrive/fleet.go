@@ -1,0 +1,129 @@
+package testdrive
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
+)
+
+// FleetConfig describes replicas that share one Redis, one data dir and one
+// GitHub stand-in, as a production fleet shares Redis, a volume and GitHub.
+type FleetConfig struct {
+	Binary   string
+	Replicas int
+	// RedisAddr holds both upstream's pull status (--locking-db-type=redis)
+	// and the enhanced locks.
+	RedisAddr string
+	DataDir   string
+	// TerraformDir holds the terraform binary the replicas run.
+	TerraformDir string
+	Sim          *vcssim.Sim
+	// ExtraArgs are added to every replica's flags.
+	ExtraArgs []string
+	Log       io.Writer
+}
+
+// Fleet is a set of running replicas.
+type Fleet struct {
+	cfg      FleetConfig
+	Replicas []*Replica
+}
+
+// StartFleet starts cfg.Replicas replicas and waits until all are healthy.
+func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
+	f := &Fleet{cfg: cfg}
+	for i := range cfg.Replicas {
+		if _, err := f.StartReplica(ctx, fmt.Sprintf("replica-%d", i+1)); err != nil {
+			f.Stop()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// StartReplica adds one replica to the fleet.
+func (f *Fleet) StartReplica(ctx context.Context, name string) (*Replica, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	r, err := StartReplica(ctx, ReplicaConfig{
+		Name:   name,
+		Binary: f.cfg.Binary,
+		Port:   port,
+		Args:   f.replicaArgs(port),
+		Env:    f.replicaEnv(),
+		Log:    f.cfg.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.Replicas = append(f.Replicas, r)
+	return r, nil
+}
+
+func (f *Fleet) replicaArgs(port int) []string {
+	sim := f.cfg.Sim
+	redisHost, redisPort, _ := net.SplitHostPort(f.cfg.RedisAddr)
+	args := []string{
+		fmt.Sprintf("--atlantis-url=http://127.0.0.1:%d", port),
+		"--data-dir=" + f.cfg.DataDir,
+		"--gh-hostname=" + sim.Host(),
+		"--gh-user=" + sim.User(),
+		"--gh-token=" + sim.Token(),
+		"--gh-webhook-secret=" + sim.WebhookSecret(),
+		"--repo-allowlist=*",
+		"--tf-download=false",
+		"--locking-db-type=redis",
+		"--redis-host=" + redisHost,
+		"--redis-port=" + redisPort,
+		"--enhanced-locking-enabled",
+		"--enhanced-locking-backend=redis",
+		"--enhanced-locking-redis-addrs=" + f.cfg.RedisAddr,
+		"--enhanced-locking-health-check-interval=1s",
+	}
+	return append(args, f.cfg.ExtraArgs...)
+}
+
+func (f *Fleet) replicaEnv() []string {
+	env := append([]string{}, f.cfg.Sim.Env()...)
+	env = append(env, "TF_IN_AUTOMATION=1", "CHECKPOINT_DISABLE=1")
+	if f.cfg.TerraformDir != "" {
+		env = append(env, "PATH="+f.cfg.TerraformDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	}
+	return env
+}
+
+// Stop stops every replica.
+func (f *Fleet) Stop() {
+	for _, r := range f.Replicas {
+		r.Stop()
+	}
+}
+
+// FindTerraform returns the directory of a terraform binary: the project's
+// .tools/bin (where scripts/install-deps.sh builds 1.5.7) when it exists
+// above dir, else the one on PATH.
+func FindTerraform(dir string) (string, error) {
+	for d := dir; ; d = filepath.Dir(d) {
+		candidate := filepath.Join(d, ".tools", "bin", "terraform")
+		if _, err := os.Stat(candidate); err == nil {
+			return filepath.Dir(candidate), nil
+		}
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	for _, p := range strings.Split(os.Getenv("PATH"), string(os.PathListSeparator)) {
+		if _, err := os.Stat(filepath.Join(p, "terraform")); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no terraform found: run ./scripts/install-deps.sh (it builds Terraform 1.5.7 into .tools/bin)")
+}

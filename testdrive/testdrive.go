@@ -1,0 +1,192 @@
+package testdrive
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
+)
+
+// Options configures a testdrive run.
+type Options struct {
+	// Binary is the atlantis binary the replicas run (normally this one).
+	Binary string
+	// RedisAddr is an external Redis to use; empty starts one in-process.
+	RedisAddr string
+	// ExitAfterStory stops everything once the story is told, for CI.
+	ExitAfterStory bool
+	Out            io.Writer
+}
+
+const apiSecret = "testdrive"
+
+// Run sets up the fleet, tells the story and, unless ExitAfterStory, keeps
+// everything up until ctx is done.
+func Run(ctx context.Context, opts Options) error {
+	out := opts.Out
+	step := func(format string, args ...any) { fmt.Fprintf(out, "==> "+format+"\n", args...) }
+	note := func(format string, args ...any) { fmt.Fprintf(out, "    "+format+"\n", args...) }
+
+	work, err := os.MkdirTemp("", "atlantis-testdrive-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work) // nolint: errcheck
+
+	tfDir, err := ensureTerraform(out, step)
+	if err != nil {
+		return err
+	}
+	step("Terraform from %s", tfDir)
+
+	redisAddr := opts.RedisAddr
+	if redisAddr == "" {
+		mini := miniredis.NewMiniRedis()
+		if err := mini.StartAddr("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("starting the in-process Redis: %w", err)
+		}
+		defer mini.Close()
+		redisAddr = mini.Addr()
+		step("Redis: in-process (miniredis) at %s; pass --redis-addr to use a real one", redisAddr)
+	} else {
+		step("Redis: %s", redisAddr)
+	}
+
+	logPath := filepath.Join(work, "replicas.log")
+	logFile, err := os.Create(logPath) // nolint: gosec
+	if err != nil {
+		return err
+	}
+	defer logFile.Close() // nolint: errcheck
+	sim, err := vcssim.New(vcssim.Options{Logf: func(format string, args ...any) {
+		fmt.Fprintf(logFile, "[github] "+format+"\n", args...)
+	}})
+	if err != nil {
+		return fmt.Errorf("starting the GitHub stand-in: %w", err)
+	}
+	defer sim.Close() // nolint: errcheck
+	step("GitHub stand-in at %s (API, git and signed webhooks, all local)", sim.URL())
+
+	step("Starting two Atlantis replicas with enhanced locking on one Redis (logs: %s)", logPath)
+	fleet, err := StartFleet(ctx, FleetConfig{
+		Binary:       opts.Binary,
+		Replicas:     2,
+		RedisAddr:    redisAddr,
+		DataDir:      filepath.Join(work, "data"),
+		TerraformDir: tfDir,
+		Sim:          sim,
+		ExtraArgs:    []string{"--api-secret=" + apiSecret},
+		Log:          logFile,
+	})
+	if err != nil {
+		return err
+	}
+	defer fleet.Stop()
+	r1, r2 := fleet.Replicas[0], fleet.Replicas[1]
+	note("%s: %s", r1.Name(), r1.URL)
+	note("%s: %s", r2.Name(), r2.URL)
+
+	if err := tellStory(ctx, out, sim, r1, r2); err != nil {
+		return fmt.Errorf("%w\n(replica logs: %s)", err, logPath)
+	}
+
+	fmt.Fprintf(out, "\nOpen these while it runs:\n")
+	fmt.Fprintf(out, "  Locks page, replica 1:   %s/\n", r1.URL)
+	fmt.Fprintf(out, "  Locks page, replica 2:   %s/\n", r2.URL)
+	fmt.Fprintf(out, "  Lock API:                curl -H 'X-Atlantis-Token: %s' %s/api/locks\n", apiSecret, r2.URL)
+	fmt.Fprintf(out, "  Health and backend:      curl %s/healthz\n", r1.URL)
+	if opts.ExitAfterStory {
+		step("Story told; stopping (--exit-after-story)")
+		return nil
+	}
+	fmt.Fprintf(out, "\nPress Ctrl-C to stop.\n")
+	<-ctx.Done()
+	step("Stopping")
+	return nil
+}
+
+// ensureTerraform finds terraform, or builds 1.5.7 from source with the Go
+// toolchain, which needs only the Go module proxy.
+func ensureTerraform(out io.Writer, step func(string, ...any)) (string, error) {
+	cwd, _ := os.Getwd()
+	if dir, err := FindTerraform(cwd); err == nil {
+		return dir, nil
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	bin := filepath.Join(cache, "atlantis-testdrive", "bin")
+	if _, err := os.Stat(filepath.Join(bin, "terraform")); err == nil {
+		return bin, nil
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		return "", fmt.Errorf("no terraform on PATH and no Go toolchain to build it: install Terraform, or run ./scripts/install-deps.sh")
+	}
+	step("Building Terraform 1.5.7 into %s with go install (a few minutes, once)", bin)
+	cmd := exec.Command("go", "install", "github.com/hashicorp/terraform@v1.5.7")
+	cmd.Env = append(os.Environ(), "GOBIN="+bin)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("building terraform: %w", err)
+	}
+	return bin, nil
+}
+
+// lockHolders asks a replica's API which pull holds each lock.
+func lockHolders(ctx context.Context, r *Replica) (map[string]string, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", r.URL+"/api/locks", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("X-Atlantis-Token", apiSecret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close() // nolint: errcheck
+	var body struct {
+		Locks []struct {
+			Name   string
+			PullID json.Number
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return nil, fmt.Errorf("reading %s/api/locks: %w", r.URL, err)
+	}
+	holders := map[string]string{}
+	for _, l := range body.Locks {
+		holders[strings.TrimSuffix(l.Name, "/")] = "#" + l.PullID.String()
+	}
+	return holders, nil
+}
+
+// waitFor polls check until it reports done, ctx ends or a minute passes.
+func waitFor(ctx context.Context, what string, check func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	for {
+		done, err := check()
+		if err == nil && done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("waiting for %s: %w", what, err)
+			}
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

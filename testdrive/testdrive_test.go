@@ -1,0 +1,45 @@
+package testdrive_test
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/testdrive"
+)
+
+// TestTestdriveStory runs the README's main job as CI would: the real binary,
+// the in-process Redis, the story, and exit.
+func TestTestdriveStory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the atlantis binary; run without -short")
+	}
+	binary := filepath.Join(t.TempDir(), "atlantis")
+	build := exec.Command("go", "build", "-o", binary, "github.com/atlantis-enhanced/atlantis")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building atlantis: %s\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out := &bytes.Buffer{}
+	err := testdrive.Run(ctx, testdrive.Options{Binary: binary, ExitAfterStory: true, Out: out})
+	t.Log(out.String())
+	Ok(t, err)
+	for _, line := range []string{
+		"Atlantis planned PR #1 and locked acme/infra/network/default for it.",
+		"replica-2 sees the same lock",
+		"PR #2 was refused",
+		"currently locked by an unapplied plan from pull #1",
+		"replica-2 applied the plan replica-1 made",
+		"The project is free on both replicas.",
+		"PR #2 now holds the lock and has its plan.",
+	} {
+		Assert(t, strings.Contains(out.String(), line), "story lacks %q", line)
+	}
+}
