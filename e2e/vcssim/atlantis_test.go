@@ -77,6 +77,17 @@ func TestRealAtlantis(t *testing.T) {
 	if !strings.Contains(plan.Body, "terraform_data.changed") {
 		t.Errorf("autoplan comment does not show the change:\n%s", plan.Body)
 	}
+	// Atlantis comments before it sets the aggregate status and releases
+	// the PR's command lock; the next command must wait for the status.
+	commandDone := func(context string, after vcssim.Comment) {
+		t.Helper()
+		if _, err := sim.WaitForStatus(ctx, repo.FullName, pr.HeadSHA, func(st vcssim.Status) bool {
+			return st.Context == context && st.State == "success" && !st.CreatedAt.Before(after.CreatedAt)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commandDone("atlantis/plan", plan)
 
 	// Atlantis does not deduplicate deliveries: a redelivery autoplans
 	// again, and the apply below must wait for it or hit the plan lock.
@@ -88,16 +99,6 @@ func TestRealAtlantis(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	// Atlantis comments before it sets the aggregate status and releases
-	// the PR's command lock; the next command must wait for the status.
-	commandDone := func(context string, after vcssim.Comment) {
-		t.Helper()
-		if _, err := sim.WaitForStatus(ctx, repo.FullName, pr.HeadSHA, func(st vcssim.Status) bool {
-			return st.Context == context && st.State == "success" && !st.CreatedAt.Before(after.CreatedAt)
-		}); err != nil {
-			t.Fatal(err)
-		}
 	}
 	commandDone("atlantis/plan", replan)
 
