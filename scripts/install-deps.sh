@@ -8,6 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools/bin"
 tf_version=1.5.7
+export CHECKPOINT_DISABLE=1
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -22,9 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! "$tools/terraform" version 2>/dev/null | head -n1 | grep -q "v$tf_version\$"; then
+if ! TF_CLI_CONFIG_FILE= "$tools/terraform" version 2>/dev/null | head -n1 | grep -q "v$tf_version\$"; then
   echo "install-deps: building Terraform $tf_version into $tools (a few minutes on a fresh machine)"
   mkdir -p "$tools"
   (cd "$root" && GOBIN="$tools" go install "github.com/hashicorp/terraform@v$tf_version")
 fi
-echo "install-deps: redis-server $(redis-server --version | awk '{print $3}'), terraform $("$tools/terraform" version | head -n1 | awk '{print $2}')"
+echo "install-deps: redis-server $(redis-server --version | awk '{print $3}'), terraform $(TF_CLI_CONFIG_FILE= "$tools/terraform" version | head -n1 | awk '{print $2}')"

@@ -94,6 +94,13 @@ func (f *Fleet) replicaArgs(port int) []string {
 func (f *Fleet) replicaEnv() []string {
 	env := append([]string{}, f.cfg.Sim.Env()...)
 	env = append(env, "TF_IN_AUTOMATION=1", "CHECKPOINT_DISABLE=1")
+	// A CLI config path that points nowhere makes every terraform run warn,
+	// and the warning would land in the plan comments.
+	if cfgFile := os.Getenv("TF_CLI_CONFIG_FILE"); cfgFile != "" {
+		if _, err := os.Stat(cfgFile); err != nil {
+			env = append(env, "TF_CLI_CONFIG_FILE=")
+		}
+	}
 	if f.cfg.TerraformDir != "" {
 		env = append(env, "PATH="+f.cfg.TerraformDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	}

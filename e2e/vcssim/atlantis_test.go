@@ -5,10 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,7 +33,14 @@ func TestRealAtlantis(t *testing.T) {
 	if _, err := exec.LookPath("terraform"); err != nil {
 		t.Skip("terraform not on PATH")
 	}
+	t.Run("default", func(t *testing.T) { runAtlantisFlow(t, bin) })
+	// These flags add the reaction and GraphQL minimizeComment calls.
+	t.Run("reactions-and-hiding", func(t *testing.T) {
+		runAtlantisFlow(t, bin, "--emoji-reaction=eyes", "--hide-prev-plan-comments")
+	})
+}
 
+func runAtlantisFlow(t *testing.T, bin string, extraFlags ...string) {
 	sim := newSim(t)
 	repo, err := sim.CreateRepo("acme", "infra", vcssim.InDir("project", vcssim.TerraformProject("base")))
 	if err != nil {
@@ -44,7 +53,7 @@ func TestRealAtlantis(t *testing.T) {
 
 	port := freePort(t)
 	target := fmt.Sprintf("http://127.0.0.1:%d/events", port)
-	startAtlantis(t, bin, sim, port)
+	startAtlantis(t, bin, sim, port, extraFlags...)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -150,8 +159,8 @@ func TestRealAtlantis(t *testing.T) {
 	for _, r := range sim.Requests() {
 		seen[fmt.Sprintf("%s %s -> %d", r.Method, r.Path, r.Status)]++
 	}
-	for k, n := range seen {
-		t.Logf("%3d x %s", n, k)
+	for _, k := range slices.Sorted(maps.Keys(seen)) {
+		t.Logf("%3d x %s", seen[k], k)
 	}
 	for _, c := range sim.Comments(repo.FullName, pr.Number) {
 		first, _, _ := strings.Cut(c.Body, "\n")
@@ -174,23 +183,22 @@ func freePort(t *testing.T) int {
 
 // startAtlantis runs `atlantis server` pointed at the Sim and waits until it
 // is healthy; the process is stopped when the test ends.
-func startAtlantis(t *testing.T, bin string, sim *vcssim.Sim, port int) {
+func startAtlantis(t *testing.T, bin string, sim *vcssim.Sim, port int, extraFlags ...string) {
 	t.Helper()
 	dataDir := t.TempDir()
-	cmd := exec.Command(bin, "server",
-		"--gh-hostname="+sim.Host(),
-		"--gh-user="+sim.User(),
-		"--gh-token="+sim.Token(),
-		"--gh-webhook-secret="+sim.WebhookSecret(),
+	args := []string{"server",
+		"--gh-hostname=" + sim.Host(),
+		"--gh-user=" + sim.User(),
+		"--gh-token=" + sim.Token(),
+		"--gh-webhook-secret=" + sim.WebhookSecret(),
 		"--repo-allowlist=*",
 		fmt.Sprintf("--port=%d", port),
 		fmt.Sprintf("--atlantis-url=http://127.0.0.1:%d", port),
-		"--data-dir="+dataDir,
+		"--data-dir=" + dataDir,
 		"--tf-download=false",
-		"--emoji-reaction=eyes",
-		"--hide-prev-plan-comments",
 		"--log-level=debug",
-	)
+	}
+	cmd := exec.Command(bin, append(args, extraFlags...)...)
 	cmd.Env = append(os.Environ(), sim.Env()...)
 	cmd.Env = append(cmd.Env, "TF_IN_AUTOMATION=1", "CHECKPOINT_DISABLE=1")
 	out, err := cmd.StdoutPipe()

@@ -1,0 +1,259 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/runatlantis/atlantis/server/events/models"
+	. "github.com/runatlantis/atlantis/testing"
+)
+
+// Redis keys besides the locks (see server/core/locking/enhanced/backends/
+// redis_keys.go and upstream's server/core/redis/redis.go).
+const (
+	applyLockKey   = "global/apply/lock"
+	globalIndex    = "locks"
+	shardSet       = "locks:shards"
+	deliveryPrefix = "atlantis:github-delivery:"
+)
+
+// pullIndexKey is the enhanced backend's per-pull index of lock keys.
+func pullIndexKey(pull int) string { return fmt.Sprintf("pull{%s::%d}", repoFull, pull) }
+
+// ownerKey is the owner token of the lock at lockKey.
+func ownerKey(lock string) string { return "o{" + lock + "}" }
+
+func deliveryKey(id string) string { return deliveryPrefix + id }
+
+// rctx bounds one Redis call.
+func (h *harness) rctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(h.ctx, 5*time.Second)
+}
+
+// lockHolder returns the pull holding the project lock, or 0 when it is free.
+func (h *harness) lockHolder() int {
+	h.t.Helper()
+	n, err := h.holder(lockKey)
+	Ok(h.t, err)
+	return n
+}
+
+func (h *harness) holder(key string) (int, error) {
+	ctx, cancel := h.rctx()
+	defer cancel()
+	value, err := h.rdb.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var lock models.ProjectLock
+	if err := json.Unmarshal([]byte(value), &lock); err != nil {
+		return 0, fmt.Errorf("lock %s is not upstream's JSON: %w: %s", key, err, value)
+	}
+	if lock.Pull.Num <= 0 || lock.Pull.BaseRepo.FullName != repoFull || lock.Project.Path != projectDir || lock.Workspace != "default" {
+		return 0, fmt.Errorf("lock %s holds an unexpected value: %s", key, value)
+	}
+	return lock.Pull.Num, nil
+}
+
+// waitLockHeldBy waits until Redis says pull holds the project lock.
+func (h *harness) waitLockHeldBy(pull int) {
+	h.t.Helper()
+	h.eventually(fmt.Sprintf("#%d to hold %s in Redis", pull, lockKey), func() (bool, string) {
+		n, err := h.holder(lockKey)
+		return err == nil && n == pull, fmt.Sprintf("holder #%d, err %v", n, err)
+	})
+}
+
+// waitNoLock waits until the project lock is gone from Redis.
+func (h *harness) waitNoLock() {
+	h.t.Helper()
+	h.eventually(lockKey+" to leave Redis", func() (bool, string) {
+		n, err := h.holder(lockKey)
+		return err == nil && n == 0, fmt.Sprintf("holder #%d, err %v", n, err)
+	})
+}
+
+// exists says whether key is in Redis.
+func (h *harness) exists(key string) bool {
+	h.t.Helper()
+	ctx, cancel := h.rctx()
+	defer cancel()
+	n, err := h.rdb.Exists(ctx, key).Result()
+	Ok(h.t, err)
+	return n == 1
+}
+
+// keys returns every key in Redis (the test Redis is small).
+func (h *harness) keys() []string {
+	h.t.Helper()
+	keys, err := h.scanKeys("*")
+	Ok(h.t, err)
+	return keys
+}
+
+func (h *harness) scanKeys(pattern string) ([]string, error) {
+	ctx, cancel := h.rctx()
+	defer cancel()
+	var keys []string
+	iter := h.rdb.Scan(ctx, 0, pattern, 100).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	sort.Strings(keys)
+	return keys, iter.Err()
+}
+
+// describeRedis lists every key with its type, TTL and a short value, for
+// failure output. It never fails the test.
+func (h *harness) describeRedis() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys, err := h.scanKeys("*")
+	if err != nil {
+		return fmt.Sprintf("(cannot scan: %s)\n", err)
+	}
+	var b strings.Builder
+	for _, k := range keys {
+		typ := h.rdb.Type(ctx, k).Val()
+		ttl := h.rdb.PTTL(ctx, k).Val()
+		var v string
+		switch typ {
+		case "string":
+			v = h.rdb.Get(ctx, k).Val()
+		case "set":
+			v = fmt.Sprint(h.rdb.SMembers(ctx, k).Val())
+		case "zset":
+			v = fmt.Sprint(h.rdb.ZRangeWithScores(ctx, k, 0, -1).Val())
+		case "hash":
+			v = fmt.Sprint(h.rdb.HGetAll(ctx, k).Val())
+		}
+		if len(v) > 300 {
+			v = v[:300] + "..."
+		}
+		fmt.Fprintf(&b, "%s (%s, ttl %s): %s\n", k, typ, ttl, v)
+	}
+	return b.String()
+}
+
+// checkRedisConsistent scans Redis and fails the test unless every key is
+// accounted for: a lock with upstream's JSON, a related key (owner, waiters,
+// release record) of a live lock, an index whose lock entries are live (the
+// per-pull index may name locks the pull only asked for), the global apply
+// lock, upstream's pull status, or a webhook delivery record. No key but the
+// locks, the indexes and the pull status may live forever.
+func (h *harness) checkRedisConsistent() {
+	h.t.Helper()
+	ctx, cancel := h.rctx()
+	defer cancel()
+	keys := h.keys()
+	live := map[string]bool{}
+	for _, k := range keys {
+		if strings.HasPrefix(k, "pr/") {
+			live[k] = true
+		}
+	}
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	ttl := func(k string) time.Duration { return h.rdb.PTTL(ctx, k).Val() }
+	pullStatusPrefix := h.sim.Host() + "::" + repoFull + "::"
+
+	for _, k := range keys {
+		switch {
+		case strings.HasPrefix(k, "pr/"):
+			if _, err := h.holder(k); err != nil {
+				bad("%s", err)
+			}
+			// Locks taken through the enhanced scripts have an owner token.
+			if !h.existsCtx(ctx, ownerKey(k)) {
+				bad("lock %s has no owner token %s", k, ownerKey(k))
+			}
+		case k == globalIndex:
+			members := h.rdb.SMembers(ctx, k).Val()
+			for _, m := range members {
+				if !live[m] {
+					bad("global index %s names %s, which is not locked", k, m)
+				}
+			}
+			for l := range live {
+				if !contains(members, l) {
+					bad("lock %s is missing from the global index %s %v", l, k, members)
+				}
+			}
+		case k == shardSet:
+			for _, m := range h.rdb.SMembers(ctx, k).Val() {
+				if m != globalIndex {
+					bad("shard set %s names %s; a single Redis has one shard, %s", k, m, globalIndex)
+				}
+			}
+		case strings.HasPrefix(k, "pull{"):
+			for _, m := range h.rdb.SMembers(ctx, k).Val() {
+				if !strings.HasPrefix(m, "pr/") {
+					bad("pull index %s names %s, which is not a lock key", k, m)
+				}
+			}
+		case strings.HasPrefix(k, "pullclosing{"):
+			// Only exists while an UnlockByPull runs, or after one failed.
+			bad("%s is left over from an UnlockByPull that did not finish", k)
+		case strings.HasPrefix(k, "o{"), strings.HasPrefix(k, "w{"), strings.HasPrefix(k, "wd{"), strings.HasPrefix(k, "wv{"):
+			if lock := relatedLock(k); !live[lock] {
+				bad("%s belongs to %s, which is not locked (orphan)", k, lock)
+			}
+		case strings.HasPrefix(k, "u{"):
+			if d := ttl(k); d <= 0 {
+				bad("release record %s does not expire (ttl %s)", k, d)
+			}
+		case k == applyLockKey:
+		case strings.HasPrefix(k, deliveryPrefix):
+			if d := ttl(k); d <= 0 {
+				bad("delivery record %s does not expire (ttl %s)", k, d)
+			}
+		case strings.HasPrefix(k, pullStatusPrefix):
+		default:
+			bad("unexpected key %s", k)
+		}
+	}
+	// With the live locks' owner tokens counted, every pull holding a lock
+	// must have it in its index, or closing the pull would not release it.
+	for l := range live {
+		n, err := h.holder(l)
+		if err == nil && n > 0 && !h.rdb.SIsMember(ctx, pullIndexKey(n), l).Val() {
+			bad("lock %s held by #%d is missing from %s", l, n, pullIndexKey(n))
+		}
+	}
+	if len(problems) > 0 {
+		h.t.Fatalf("Redis is inconsistent:\n  %s\nkeys:\n%s", strings.Join(problems, "\n  "), h.describeRedis())
+	}
+}
+
+func (h *harness) existsCtx(ctx context.Context, key string) bool {
+	return h.rdb.Exists(ctx, key).Val() == 1
+}
+
+// relatedLock is the lock key a related key such as o{pr/a/b/dir/default/}
+// belongs to. The test's names contain no braces, so the key is the tag.
+func relatedLock(key string) string {
+	open := strings.IndexByte(key, '{')
+	end := strings.LastIndexByte(key, '}')
+	if open < 0 || end < open {
+		return ""
+	}
+	return key[open+1 : end]
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
