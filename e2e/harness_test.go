@@ -124,24 +124,11 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 // events is a replica's webhook endpoint.
 func events(r *testdrive.Replica) string { return r.URL + "/events" }
 
-// other is the replica that is not r.
-func (h *harness) other(r *testdrive.Replica) *testdrive.Replica {
-	if r == h.r1 {
-		return h.r2
-	}
-	return h.r1
-}
-
 // openPR opens pull request number changing the project (the resource gets
 // a new name, so the plan has something to add). No webhook is sent.
 func (h *harness) openPR(number int) *vcssim.PullRequest {
 	h.t.Helper()
 	files := vcssim.InDir(projectDir, vcssim.TerraformProject(fmt.Sprintf("pr%d", number)))
-	return h.openPRWithFiles(number, files)
-}
-
-func (h *harness) openPRWithFiles(number int, files map[string]string) *vcssim.PullRequest {
-	h.t.Helper()
 	pr, err := h.sim.OpenPullRequest(h.repo, number, fmt.Sprintf("change-%d", number), files, author)
 	Ok(h.t, err)
 	h.mu.Lock()
@@ -274,6 +261,9 @@ func (h *harness) unlock(r *testdrive.Replica, pr *vcssim.PullRequest) {
 	m, _ := h.comment(r, pr, "atlantis unlock")
 	h.waitComment(pr, m, "the unlock confirmation", isUnlocked)
 	h.waitNoLock()
+	// Upstream comments once the unlock is done, so the pull's lock index
+	// is gone by now.
+	Assert(h.t, !h.exists(pullIndexKey(pr.Number)), "%s outlived `atlantis unlock`", pullIndexKey(pr.Number))
 }
 
 // Comment bodies, as upstream Atlantis words them.
@@ -401,10 +391,10 @@ func (h *harness) dumpOnFailure() {
 	h.t.Log(b.String())
 }
 
-// testLog is the replicas' and the Sim's log. Warnings and errors go to
-// t.Log as they happen, everything with E2E_VERBOSE=1; the full recent output
-// is printed on failure by dumpOnFailure. It drops lines once the test is
-// over, since t.Log panics then.
+// testLog is the replicas' and the Sim's log. Replica errors go to t.Log as
+// they happen, without their stack traces; with E2E_VERBOSE=1 every line
+// does. The full recent output is printed on failure by dumpOnFailure. It
+// drops lines once the test is over, since t.Log panics then.
 type testLog struct {
 	t       *testing.T
 	verbose bool
@@ -429,10 +419,36 @@ func (l *testLog) Write(p []byte) (int, error) {
 		}
 		line := string(l.line[:i])
 		l.line = l.line[i+1:]
-		if !l.closed && (l.verbose || strings.Contains(line, `"level":"warn"`) || strings.Contains(line, `"level":"error"`)) {
-			l.t.Log(line)
+		if l.closed {
+			continue
+		}
+		if short, important := compactLogLine(line); important || l.verbose {
+			l.t.Log(short)
 		}
 	}
+}
+
+// compactLogLine turns "[replica-1] {json log entry}" into
+// "[replica-1] error caller: msg" and says whether it is an error.
+func compactLogLine(line string) (string, bool) {
+	prefix, rest, ok := strings.Cut(line, "] {")
+	if !ok {
+		return line, false
+	}
+	var entry struct {
+		Level  string `json:"level"`
+		Caller string `json:"caller"`
+		Msg    string `json:"msg"`
+	}
+	if err := json.Unmarshal([]byte("{"+rest), &entry); err != nil {
+		return line, false
+	}
+	msg := entry.Msg
+	if len(msg) > 400 {
+		msg = msg[:400] + "..."
+	}
+	important := entry.Level == "error" || entry.Level == "dpanic" || entry.Level == "panic" || entry.Level == "fatal"
+	return fmt.Sprintf("%s] %s %s: %s", prefix, entry.Level, entry.Caller, msg), important
 }
 
 func (l *testLog) simLogf(format string, args ...any) {

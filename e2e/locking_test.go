@@ -95,9 +95,13 @@ func TestUnlockApplyMergeAndApplyLock(t *testing.T) {
 	// Upstream keeps the lock after apply, until the pull is merged.
 	Equals(t, 1, h.lockHolder())
 
-	// Merging releases it.
+	// Merging releases it, and the pull's lock index goes with it.
 	h.closed(h.r1, pr)
 	h.waitNoLock()
+	h.eventually("the lock index of #1 to be removed", func() (bool, string) {
+		left := h.exists(pullIndexKey(1)) || h.exists(pullClosingKey(1))
+		return !left, "still there"
+	})
 	h.eventually("the lock to leave every replica's list", func() (bool, string) {
 		l1, l2 := h.apiLocks(h.r1), h.apiLocks(h.r2)
 		return len(l1) == 0 && len(l2) == 0, strings.Join(append(sortedKeys(l1), sortedKeys(l2)...), ",")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,6 +26,10 @@ const (
 
 // pullIndexKey is the enhanced backend's per-pull index of lock keys.
 func pullIndexKey(pull int) string { return fmt.Sprintf("pull{%s::%d}", repoFull, pull) }
+
+// pullClosingKey is where an UnlockByPull moves the pull's index while it
+// releases the locks.
+func pullClosingKey(pull int) string { return fmt.Sprintf("pullclosing{%s::%d}", repoFull, pull) }
 
 // ownerKey is the owner token of the lock at lockKey.
 func ownerKey(lock string) string { return "o{" + lock + "}" }
@@ -64,15 +69,6 @@ func (h *harness) holder(key string) (int, error) {
 	return lock.Pull.Num, nil
 }
 
-// waitLockHeldBy waits until Redis says pull holds the project lock.
-func (h *harness) waitLockHeldBy(pull int) {
-	h.t.Helper()
-	h.eventually(fmt.Sprintf("#%d to hold %s in Redis", pull, lockKey), func() (bool, string) {
-		n, err := h.holder(lockKey)
-		return err == nil && n == pull, fmt.Sprintf("holder #%d, err %v", n, err)
-	})
-}
-
 // waitNoLock waits until the project lock is gone from Redis.
 func (h *harness) waitNoLock() {
 	h.t.Helper()
@@ -103,6 +99,10 @@ func (h *harness) keys() []string {
 func (h *harness) scanKeys(pattern string) ([]string, error) {
 	ctx, cancel := h.rctx()
 	defer cancel()
+	return h.scan(ctx, pattern)
+}
+
+func (h *harness) scan(ctx context.Context, pattern string) ([]string, error) {
 	var keys []string
 	iter := h.rdb.Scan(ctx, 0, pattern, 100).Iterator()
 	for iter.Next(ctx) {
@@ -113,11 +113,12 @@ func (h *harness) scanKeys(pattern string) ([]string, error) {
 }
 
 // describeRedis lists every key with its type, TTL and a short value, for
-// failure output. It never fails the test.
+// failure output. It never fails the test, and works after the test's
+// deadline.
 func (h *harness) describeRedis() string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	keys, err := h.scanKeys("*")
+	keys, err := h.scan(ctx, "*")
 	if err != nil {
 		return fmt.Sprintf("(cannot scan: %s)\n", err)
 	}
@@ -164,7 +165,6 @@ func (h *harness) checkRedisConsistent() {
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	ttl := func(k string) time.Duration { return h.rdb.PTTL(ctx, k).Val() }
-	pullStatusPrefix := h.sim.Host() + "::" + repoFull + "::"
 
 	for _, k := range keys {
 		switch {
@@ -173,21 +173,11 @@ func (h *harness) checkRedisConsistent() {
 				bad("%s", err)
 			}
 			// Locks taken through the enhanced scripts have an owner token.
-			if !h.existsCtx(ctx, ownerKey(k)) {
+			if h.rdb.Exists(ctx, ownerKey(k)).Val() != 1 {
 				bad("lock %s has no owner token %s", k, ownerKey(k))
 			}
 		case k == globalIndex:
-			members := h.rdb.SMembers(ctx, k).Val()
-			for _, m := range members {
-				if !live[m] {
-					bad("global index %s names %s, which is not locked", k, m)
-				}
-			}
-			for l := range live {
-				if !contains(members, l) {
-					bad("lock %s is missing from the global index %s %v", l, k, members)
-				}
-			}
+			// Checked below, also when it is missing.
 		case k == shardSet:
 			for _, m := range h.rdb.SMembers(ctx, k).Val() {
 				if m != globalIndex {
@@ -216,13 +206,26 @@ func (h *harness) checkRedisConsistent() {
 			if d := ttl(k); d <= 0 {
 				bad("delivery record %s does not expire (ttl %s)", k, d)
 			}
-		case strings.HasPrefix(k, pullStatusPrefix):
+		case strings.Contains(k, "::"+repoFull+"::"):
+			// Upstream's pull status: {vcs hostname}::{repo}::{pull}.
 		default:
 			bad("unexpected key %s", k)
 		}
 	}
-	// With the live locks' owner tokens counted, every pull holding a lock
-	// must have it in its index, or closing the pull would not release it.
+	// The global index (what /api/locks lists) holds exactly the live locks.
+	indexed := h.rdb.SMembers(ctx, globalIndex).Val()
+	for _, m := range indexed {
+		if !live[m] {
+			bad("global index %s names %s, which is not locked", globalIndex, m)
+		}
+	}
+	for l := range live {
+		if !slices.Contains(indexed, l) {
+			bad("lock %s is missing from the global index %s %v", l, globalIndex, indexed)
+		}
+	}
+	// Every pull holding a lock has it in its index, or `atlantis unlock` and
+	// closing the pull would not release it.
 	for l := range live {
 		n, err := h.holder(l)
 		if err == nil && n > 0 && !h.rdb.SIsMember(ctx, pullIndexKey(n), l).Val() {
@@ -234,10 +237,6 @@ func (h *harness) checkRedisConsistent() {
 	}
 }
 
-func (h *harness) existsCtx(ctx context.Context, key string) bool {
-	return h.rdb.Exists(ctx, key).Val() == 1
-}
-
 // relatedLock is the lock key a related key such as o{pr/a/b/dir/default/}
 // belongs to. The test's names contain no braces, so the key is the tag.
 func relatedLock(key string) string {
@@ -247,13 +246,4 @@ func relatedLock(key string) string {
 		return ""
 	}
 	return key[open+1 : end]
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -72,12 +72,41 @@ func (d *deliveryDeduper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	d.next(w, r)
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	d.next(rec, r)
+	if first && rec.status >= http.StatusBadRequest {
+		// Upstream did not take the event: let GitHub's redelivery try again.
+		d.release(id)
+	}
+}
+
+// release forgets a claimed delivery.
+func (d *deliveryDeduper) release(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := d.client.Del(ctx, d.deliveryKey(id)).Err(); err != nil {
+		d.logger.Warn("could not forget GitHub delivery %s, a redelivery of it will be ignored: %s", id, err)
+	}
+}
+
+func (d *deliveryDeduper) deliveryKey(id string) string {
+	return d.keyPrefix + "atlantis:github-delivery:" + id
+}
+
+// statusRecorder remembers the status upstream's handler answered.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
 }
 
 // claim records the delivery and reports whether this call was the first.
 func (d *deliveryDeduper) claim(ctx context.Context, id string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	return d.client.SetNX(ctx, d.keyPrefix+"atlantis:github-delivery:"+id, time.Now().UTC().Format(time.RFC3339), deliveryTTL).Result()
+	return d.client.SetNX(ctx, d.deliveryKey(id), time.Now().UTC().Format(time.RFC3339), deliveryTTL).Result()
 }

@@ -57,6 +57,14 @@ func TestDeliveryDeduper(t *testing.T) {
 			1,
 		},
 		{
+			"a delivery upstream failed can be redelivered",
+			"s3cret",
+			[]*http.Request{signedWebhook("s3cret", "fail", body), signedWebhook("s3cret", "fail", body)},
+			[]string{body, body},
+			[]int{http.StatusInternalServerError, http.StatusInternalServerError},
+			0,
+		},
+		{
 			"without a webhook secret nothing is deduplicated",
 			"",
 			[]*http.Request{signedWebhook("x", "d-4", body), signedWebhook("x", "d-4", body)},
@@ -73,6 +81,10 @@ func TestDeliveryDeduper(t *testing.T) {
 				next: func(w http.ResponseWriter, r *http.Request) {
 					b, _ := io.ReadAll(r.Body)
 					received = append(received, string(b))
+					if r.Header.Get(githubDeliveryHeader) == "fail" {
+						w.WriteHeader(http.StatusInternalServerError)
+						return
+					}
 					w.WriteHeader(http.StatusAccepted)
 				},
 				validator: &events_controllers.DefaultGithubRequestValidator{},
