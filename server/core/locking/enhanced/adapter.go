@@ -136,55 +136,24 @@ func (a *Adapter) TryLock(lock models.ProjectLock) (bool, models.ProjectLock, er
 	return acquired, current, nil
 }
 
-// Unlock implements db.Database. It cleans the legacy database as well, where
-// locks taken before enhanced locking was on, or during a fallback, may live.
+// Unlock implements db.Database. It releases by owner, not by key: a retry
+// after a lost reply must not release the pull the lock was handed to in the
+// meantime. It cleans the legacy database as well, where a stray copy the
+// backend never had may live.
 func (a *Adapter) Unlock(project models.Project, workspace string) (*models.ProjectLock, error) {
-	var lock *models.ProjectLock
-	err := a.run(func() error {
-		// Release by owner, not by key: a retry after a lost reply must not
-		// release the pull the lock was handed to in the meantime.
-		var holder *models.ProjectLock
-		err := a.call(func(ctx context.Context) error {
-			var err error
-			holder, err = a.backend.GetLock(ctx, project, workspace)
-			return err
-		}, 0)
-		if err == nil && holder != nil {
-			err = a.call(func(ctx context.Context) error {
-				var err error
-				lock, err = a.backend.UnlockIfOwnedByPull(ctx, project, workspace, holder.Pull.Num)
-				return err
-			}, 0)
+	holder, err := a.GetLock(project, workspace)
+	if err != nil {
+		return nil, err
+	}
+	if holder == nil && a.opts.SeparateLegacyLocks {
+		if holder, err = a.legacy.GetLock(project, workspace); err != nil {
+			return nil, a.wrap("unlock", err)
 		}
-		if err != nil || !a.opts.SeparateLegacyLocks {
-			return err
-		}
-		// The backend may already have handed the lock to a waiting pull,
-		// and a legacy database on the same Redis sees that pull's lock:
-		// only remove what belonged to the pull we released.
-		var legacyLock *models.ProjectLock
-		var legacyErr error
-		if lock != nil {
-			legacyLock, legacyErr = a.legacy.UnlockIfOwnedByPull(project, workspace, lock.Pull.Num)
-		} else {
-			legacyLock, legacyErr = a.legacy.Unlock(project, workspace)
-		}
-		if legacyErr != nil {
-			a.mirrorFailed(lock, legacyErr)
-		}
-		if lock == nil {
-			lock = legacyLock
-		}
-		return nil
-	}, func() error {
-		var err error
-		lock, err = a.legacy.Unlock(project, workspace)
-		if err == nil && lock != nil {
-			a.remember(pendingChange{lock: *lock, released: true})
-		}
-		return err
-	})
-	return lock, a.wrap("unlock", err)
+	}
+	if holder == nil {
+		return nil, nil
+	}
+	return a.UnlockIfOwnedByPull(project, workspace, holder.Pull.Num)
 }
 
 // UnlockIfOwnedByPull implements db.Database.
