@@ -26,6 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/atlantis-enhanced/atlantis/testing/testpki"
 )
 
 // Defaults used when Options leaves a field empty.
@@ -65,7 +67,7 @@ type Sim struct {
 
 	dir      string // temp root: CA, bare repos, scratch files
 	reposDir string
-	pki      *testPKI
+	pki      *testpki.PKI
 	listener net.Listener
 	server   *http.Server
 	served   chan struct{}
@@ -130,9 +132,9 @@ func (s *Sim) start() error {
 	if err := os.MkdirAll(s.reposDir, 0o700); err != nil {
 		return fmt.Errorf("creating repos dir: %w", err)
 	}
-	pki, err := newTestPKI(s.dir)
+	pki, err := testpki.New(s.dir, "vcssim")
 	if err != nil {
-		return err
+		return fmt.Errorf("generating TLS certificates: %w", err)
 	}
 	s.pki = pki
 	git, err := newGitBackend(s)
@@ -153,7 +155,7 @@ func (s *Sim) start() error {
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{pki.server},
+			Certificates: []tls.Certificate{pki.Certificate},
 			MinVersion:   tls.VersionTLS12,
 		},
 		ErrorLog: log.New(logWriter{s.logf}, "vcssim: http: ", 0),
@@ -229,15 +231,15 @@ func (s *Sim) Token() string { return s.token }
 func (s *Sim) WebhookSecret() string { return s.webhookSecret }
 
 // CAFile is the PEM file of the CA that signed the Sim's certificate.
-func (s *Sim) CAFile() string { return s.pki.caFile }
+func (s *Sim) CAFile() string { return s.pki.CAFile }
 
 // Env returns the environment entries that make Go programs (SSL_CERT_FILE)
 // and git (GIT_SSL_CAINFO, which git's libcurl needs since it does not read
 // SSL_CERT_FILE on every build) trust the Sim.
 func (s *Sim) Env() []string {
 	return []string{
-		"SSL_CERT_FILE=" + s.pki.caFile,
-		"GIT_SSL_CAINFO=" + s.pki.caFile,
+		"SSL_CERT_FILE=" + s.pki.CAFile,
+		"GIT_SSL_CAINFO=" + s.pki.CAFile,
 	}
 }
 
@@ -258,7 +260,7 @@ func (s *Sim) HTTPClient() *http.Client {
 func (s *Sim) Transport() *http.Transport {
 	return &http.Transport{
 		Proxy:           nil,
-		TLSClientConfig: &tls.Config{RootCAs: s.pki.pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig: &tls.Config{RootCAs: s.pki.Pool, MinVersion: tls.VersionTLS12},
 	}
 }
 

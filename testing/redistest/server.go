@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atlantis-enhanced/atlantis/testing/testpki"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
@@ -51,7 +52,7 @@ type Server struct {
 
 	t        testing.TB
 	cfg      config
-	tls      tlsFiles
+	tls      *testpki.PKI
 	sentinel bool
 	cluster  bool
 	// extraConf is appended to the generated configuration, e.g. replicaof.
@@ -82,13 +83,18 @@ func newServer(t testing.TB, cfg config) *Server {
 	requireBinary(t, "redis-server")
 	s := &Server{t: t, cfg: cfg, Dir: t.TempDir()}
 	if cfg.tls {
-		files, err := writeTLSFiles(s.Dir)
+		pki, err := testpki.New(s.Dir, "redis")
 		if err != nil {
 			t.Fatalf("redistest: generating TLS certificates: %v", err)
 		}
-		s.tls = files
-		s.CAFile = files.caFile
-		s.WrongCAFile = files.wrongCAFile
+		// Only its CA is used, to prove clients reject a server it did not sign.
+		wrong, err := testpki.New(s.Dir, "wrong")
+		if err != nil {
+			t.Fatalf("redistest: generating the unrelated CA: %v", err)
+		}
+		s.tls = pki
+		s.CAFile = pki.CAFile
+		s.WrongCAFile = wrong.CAFile
 	}
 	// Registered before the first launch so a failed start is cleaned up too.
 	t.Cleanup(s.Stop)
@@ -205,9 +211,9 @@ func (s *Server) writeConf() error {
 		lines = append(lines,
 			"port 0",
 			"tls-port "+strconv.Itoa(s.port),
-			"tls-cert-file "+s.tls.certFile,
-			"tls-key-file "+s.tls.keyFile,
-			"tls-ca-cert-file "+s.tls.caFile,
+			"tls-cert-file "+s.tls.CertFile,
+			"tls-key-file "+s.tls.KeyFile,
+			"tls-ca-cert-file "+s.tls.CAFile,
 			"tls-auth-clients no",
 		)
 	} else {
