@@ -11,8 +11,9 @@
 #
 # Terraform. By default the image holds no Terraform: as upstream Atlantis
 # does, the server downloads the version in ATLANTIS_DEFAULT_TF_VERSION (set
-# below from TERRAFORM_VERSION) into $ATLANTIS_DATA_DIR/bin when it starts,
-# and any other version a project asks for when it first needs it, from
+# below from TERRAFORM_VERSION) into $ATLANTIS_DATA_DIR/bin in the background
+# when it starts, and any other version a project asks for when it first
+# needs it, from
 # --tf-download-url (https://releases.hashicorp.com by default). Override the
 # version at run time with -e ATLANTIS_DEFAULT_TF_VERSION=x.y.z.
 # To bake the version into the image instead (no download at run time, e.g.
@@ -40,13 +41,16 @@ ARG ATLANTIS_DATE=unknown
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
-# Only the packages the binary is built from (go list -deps .), so that local
-# build output such as bin/ and .tools/ never lands in a layer.
+# Only the directories the binary's packages live in (go list -deps .; the
+# testdrive command pulls in e2e/vcssim and testing/testpki), so that local
+# build output such as bin/ and .tools/ never lands in a layer. A new
+# top-level package directory must be added here: the build fails until it is.
 COPY main.go ./
 COPY cmd/ cmd/
 COPY server/ server/
 COPY testdrive/ testdrive/
-COPY e2e/vcssim/ e2e/vcssim/
+COPY e2e/ e2e/
+COPY testing/ testing/
 RUN CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
     go build -trimpath \
       -ldflags "-s -w -X main.version=${ATLANTIS_VERSION} -X main.commit=${ATLANTIS_COMMIT} -X main.date=${ATLANTIS_DATE}" \

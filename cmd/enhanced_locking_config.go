@@ -76,11 +76,10 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 	// opened; if that is upstream's Redis, "boltdb" would silently be
 	// non-atomic Redis, possibly the very Redis that is down.
 	if c.Enabled && (c.Backend == server.BackendBoltDB || c.Fallback.Mode == server.FallbackBoltDB) && lockingDBType != "boltdb" {
-		flag, value := EnhancedLockingBackendFlag, c.Backend
-		if c.Backend != server.BackendBoltDB {
-			flag, value = EnhancedLockingFallbackFlag, c.Fallback.Mode
+		if c.Backend == server.BackendBoltDB {
+			return fmt.Errorf("--%s=%s needs --%s=boltdb, but it is %s: set --%s=boltdb, or use --%s=redis", EnhancedLockingBackendFlag, c.Backend, upstreamcmd.LockingDBType, lockingDBType, upstreamcmd.LockingDBType, EnhancedLockingBackendFlag)
 		}
-		return fmt.Errorf("--%s=%s needs --%s=boltdb, but it is %s: use --%s=redis, or --%s=none", flag, value, upstreamcmd.LockingDBType, lockingDBType, EnhancedLockingBackendFlag, EnhancedLockingFallbackFlag)
+		return fmt.Errorf("--%s=%s needs --%s=boltdb, but it is %s: set --%s=boltdb, or use --%s=none", EnhancedLockingFallbackFlag, c.Fallback.Mode, upstreamcmd.LockingDBType, lockingDBType, upstreamcmd.LockingDBType, EnhancedLockingFallbackFlag)
 	}
 	if !c.Enabled || c.Backend != server.BackendRedis {
 		if c.Fallback.Mode != server.FallbackNone && c.Enabled {

@@ -69,19 +69,24 @@ func (s *Server) enhancedHealth() EnhancedLockingHealth {
 	}
 }
 
-// Readyz is upstream's readiness probe extended to the enhanced backend: a
-// replica whose locks cannot be served is not ready, unless it falls back.
+// Readyz is upstream's readiness probe extended to enhanced locking: a
+// replica is ready when the store serving its locks right now answers, the
+// backend normally, the legacy database during a fallback.
 func (s *Server) Readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	if s.Adapter.ActiveBackend() != s.Config.Backend {
-		w.Write([]byte(`{"status":"ok","enhanced_locking":"legacy-fallback"}`)) // nolint: errcheck
-		return
+	active := s.Adapter.ActiveBackend()
+	var err error
+	if active == s.Config.Backend {
+		err = s.Adapter.Ping()
+	} else {
+		err = s.LocksController.Database.Ping()
 	}
-	if err := s.Adapter.Ping(); err != nil {
+	if err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		b, _ := json.Marshal(map[string]string{"status": "error", "error": err.Error()}) // nolint: errchkjson
-		w.Write(b)                                                                       // nolint: errcheck
+		b, _ := json.Marshal(map[string]string{"status": "error", "enhanced_locking": active, "error": err.Error()}) // nolint: errchkjson
+		w.Write(b)                                                                                                   // nolint: errcheck
 		return
 	}
-	w.Write([]byte(`{"status":"ok"}`)) // nolint: errcheck
+	b, _ := json.Marshal(map[string]string{"status": "ok", "enhanced_locking": active}) // nolint: errchkjson
+	w.Write(b)                                                                          // nolint: errcheck
 }

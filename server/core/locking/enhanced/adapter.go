@@ -53,7 +53,8 @@ type Adapter struct {
 	mu       sync.RWMutex
 	fallback bool
 	// pending are the lock changes made in the legacy database during a
-	// fallback, replayed into the backend when it returns.
+	// fallback, replayed into the backend when it returns. pendingMu also
+	// serialises the fallback's legacy operations.
 	pendingMu sync.Mutex
 	pending   []pendingChange
 }
@@ -363,11 +364,14 @@ func (a *Adapter) UpdatePullWithResults(pull models.PullRequest, newResults []co
 // Ping implements db.Database: both stores must answer for locks to work.
 func (a *Adapter) Ping() error {
 	if err := a.legacy.Ping(); err != nil {
-		return err
+		return fmt.Errorf("legacy database: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.opts.OperationTimeout)
 	defer cancel()
-	return a.wrap("ping", a.backend.Ping(ctx))
+	if err := a.backend.Ping(ctx); err != nil {
+		return fmt.Errorf("enhanced locking backend %s: %w", a.opts.BackendName, err)
+	}
+	return nil
 }
 
 // Close closes the backend. The legacy database belongs to upstream's server,
@@ -385,7 +389,13 @@ func (a *Adapter) run(enhanced func() error, legacy func() error) error {
 	for {
 		a.mu.RLock()
 		if a.fallback {
+			// One legacy operation at a time, each recorded as it happens:
+			// the replay must see changes in the order the legacy database
+			// made them, or a release replayed after a later take would
+			// free a lock somebody holds.
+			a.pendingMu.Lock()
 			err := legacy()
+			a.pendingMu.Unlock()
 			a.mu.RUnlock()
 			return err
 		}
@@ -467,7 +477,7 @@ func (a *Adapter) reconcile() error {
 		err := a.call(func(ctx context.Context) error {
 			switch {
 			case change.isCommand && change.released:
-				return a.backend.UnlockCommand(ctx, change.command)
+				return a.releaseCommandLock(ctx, change.command)
 			case change.isCommand:
 				return a.copyCommandLock(ctx, change.command, change.lockTime)
 			case change.released:
@@ -531,6 +541,17 @@ func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 	return len(locks), nil
 }
 
+// releaseCommandLock frees a command lock in the backend if it is taken
+// there. The backend may have lost it meanwhile (a Redis restarted without
+// persistence), and a replay that insisted would never finish.
+func (a *Adapter) releaseCommandLock(ctx context.Context, cmdName command.Name) error {
+	current, err := a.backend.CheckCommandLock(ctx, cmdName)
+	if err != nil || current == nil || !current.IsLocked() {
+		return err
+	}
+	return a.backend.UnlockCommand(ctx, cmdName)
+}
+
 // copyCommandLock takes a command lock in the backend unless it is already
 // taken there: command locks have no owner, so either way it is locked.
 func (a *Adapter) copyCommandLock(ctx context.Context, cmdName command.Name, lockTime time.Time) error {
@@ -542,9 +563,9 @@ func (a *Adapter) copyCommandLock(ctx context.Context, cmdName command.Name, loc
 	return err
 }
 
+// remember records a fallback change; run calls the legacy operations that
+// do so with pendingMu held.
 func (a *Adapter) remember(c pendingChange) {
-	a.pendingMu.Lock()
-	defer a.pendingMu.Unlock()
 	a.pending = append(a.pending, c)
 }
 
