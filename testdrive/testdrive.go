@@ -32,7 +32,7 @@ const apiSecret = "testdrive"
 
 // Run sets up the fleet, tells the story and, unless ExitAfterStory, keeps
 // everything up until ctx is done.
-func Run(ctx context.Context, opts Options) error {
+func Run(ctx context.Context, opts Options) (err error) {
 	out := opts.Out
 	step := func(format string, args ...any) { fmt.Fprintf(out, "==> "+format+"\n", args...) }
 	note := func(format string, args ...any) { fmt.Fprintf(out, "    "+format+"\n", args...) }
@@ -41,7 +41,12 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work) // nolint: errcheck
+	defer func() {
+		// A failed run keeps its logs for the error message to point at.
+		if err == nil {
+			os.RemoveAll(work) // nolint: errcheck
+		}
+	}()
 
 	tfDir, err := ensureTerraform(out, step)
 	if err != nil {
@@ -96,9 +101,13 @@ func Run(ctx context.Context, opts Options) error {
 	note("%s: %s", r1.Name(), r1.URL)
 	note("%s: %s", r2.Name(), r2.URL)
 
-	if err := tellStory(ctx, out, sim, r1, r2); err != nil {
+	openPRs, err := tellStory(ctx, out, sim, r1, r2)
+	if err != nil {
 		return fmt.Errorf("%w\n(replica logs: %s)", err, logPath)
 	}
+	// Closing the story's pull requests releases their locks, so a Redis
+	// passed with --redis-addr is left as it was found.
+	defer closePulls(out, sim, r1, openPRs)
 
 	fmt.Fprintf(out, "\nOpen these while it runs:\n")
 	fmt.Fprintf(out, "  Locks page, replica 1:   %s/\n", r1.URL)
@@ -113,6 +122,25 @@ func Run(ctx context.Context, opts Options) error {
 	<-ctx.Done()
 	step("Stopping")
 	return nil
+}
+
+// closePulls closes the pull requests the story left open and waits, briefly,
+// for their locks to go.
+func closePulls(out io.Writer, sim *vcssim.Sim, r *Replica, prs []*vcssim.PullRequest) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, pr := range prs {
+		if _, err := sim.SendPullRequestClosed(r.URL+"/events", pr, false); err != nil {
+			fmt.Fprintf(out, "    could not close PR #%d: %s\n", pr.Number, err)
+		}
+	}
+	err := waitFor(ctx, "the story's locks to be released", func() (bool, error) {
+		holders, err := lockHolders(ctx, r)
+		return len(holders) == 0, err
+	})
+	if err != nil {
+		fmt.Fprintf(out, "    %s\n", err)
+	}
 }
 
 // ensureTerraform finds terraform, or builds 1.5.7 from source with the Go
