@@ -62,7 +62,11 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 		if err != nil {
 			return nil, fmt.Errorf("enhanced locking: %w", err)
 		}
-		backend := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger})
+		backend, err := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger})
+		if err != nil {
+			client.Close() // nolint: errcheck
+			return nil, fmt.Errorf("invalid --enhanced-locking-redis-key-prefix: %w", err)
+		}
 		return &lockBackend{
 			Backend:            backend,
 			client:             client,

@@ -81,7 +81,7 @@ func NewAdapter(legacy db.Database, backend Backend, opts AdapterOptions) *Adapt
 		opts.Events = PublisherFunc(func(Event) {})
 	}
 	if opts.Logger == nil {
-		opts.Logger = logging.NewNoopLogger(nil)
+		opts.Logger = NopLogger{}
 	}
 	if opts.OperationTimeout <= 0 {
 		opts.OperationTimeout = 10 * time.Second

@@ -52,7 +52,14 @@ func newRedisAdapter(t *testing.T, client redis.UniversalClient, legacy *boltdb.
 	if opts.Logger == nil {
 		opts.Logger = logging.NewNoopLogger(t)
 	}
-	return enhanced.NewAdapter(legacy, backends.NewRedis(client, backends.RedisOptions{Logger: opts.Logger}), opts)
+	return enhanced.NewAdapter(legacy, openRedis(t, client), opts)
+}
+
+func openRedis(t *testing.T, client redis.UniversalClient) *backends.Redis {
+	t.Helper()
+	r, err := backends.NewRedis(client, backends.RedisOptions{Logger: logging.NewNoopLogger(t)})
+	Ok(t, err)
+	return r
 }
 
 // TestAdapter_Conformance runs the lock contract through the adapter as the
@@ -182,7 +189,7 @@ func TestAdapter_FallbackReconciles(t *testing.T) {
 		}),
 	})
 	// Another replica holds a lock this one's BoltDB knows nothing about.
-	otherReplica := backends.NewRedis(client, backends.RedisOptions{})
+	otherReplica := openRedis(t, client)
 	contested := enhancedtest.NewLock("org/repo", "contested", "default", "", 9)
 	acquired, _, err := otherReplica.TryLock(context.Background(), enhancedtest.Request(contested))
 	Ok(t, err)

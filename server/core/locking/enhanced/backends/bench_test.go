@@ -33,8 +33,7 @@ func pairBenches(tb testing.TB, srv *redistest.Server) []pairBench {
 	project, workspace := lock.Project, lock.Workspace
 	bolt := newUpstreamBoltDB(tb)
 	upstream := newUpstreamRedis(tb, srv.Client(tb))
-	ours := NewRedis(srv.Client(tb), RedisOptions{})
-	tb.Cleanup(func() { _ = ours.Close() })
+	ours := openRedis(tb, srv.Client(tb), RedisOptions{})
 	check := func(acquired bool, _ models.ProjectLock, err error) error {
 		if err == nil && !acquired {
 			err = fmt.Errorf("lock not acquired")
@@ -104,8 +103,7 @@ func runContention(b *testing.B, srv *redistest.Server, locks int) int64 {
 	ctx := context.Background()
 	replicas := make([]*Redis, contentionClients)
 	for i := range replicas {
-		replicas[i] = NewRedis(srv.Client(b), RedisOptions{})
-		b.Cleanup(func() { _ = replicas[i].Close() })
+		replicas[i] = openRedis(b, srv.Client(b), RedisOptions{})
 	}
 	var grants atomic.Int64
 	var next atomic.Int64

@@ -43,7 +43,7 @@ var _ enhanced.Backend = (*BoltDB)(nil)
 // upstream server: Close does not close it.
 func NewBoltDB(legacy db.Database, logger logging.SimpleLogging) *BoltDB {
 	if logger == nil {
-		logger = nopLogger{}
+		logger = enhanced.NopLogger{}
 	}
 	return &BoltDB{
 		legacy: legacy,

@@ -74,7 +74,14 @@ func TestConformanceUpstreamRedis(t *testing.T) {
 func newTestRedis(t testing.TB, client redis.UniversalClient, opts RedisOptions) *Redis {
 	t.Helper()
 	flush(t, client)
-	r := NewRedis(client, opts)
+	return openRedis(t, client, opts)
+}
+
+// openRedis returns another replica's backend on client, closed with the test.
+func openRedis(t testing.TB, client redis.UniversalClient, opts RedisOptions) *Redis {
+	t.Helper()
+	r, err := NewRedis(client, opts)
+	Ok(t, err)
 	t.Cleanup(func() { _ = r.Close() })
 	return r
 }

@@ -62,17 +62,16 @@ type Redis struct {
 var _ enhanced.Backend = (*Redis)(nil)
 
 // NewRedis returns a backend storing locks through client, which the caller
-// keeps and closes. It panics if opts.KeyPrefix fails ValidateKeyPrefix:
-// validate configuration before.
-func NewRedis(client redis.UniversalClient, opts RedisOptions) *Redis {
+// keeps and closes.
+func NewRedis(client redis.UniversalClient, opts RedisOptions) (*Redis, error) {
 	if err := ValidateKeyPrefix(opts.KeyPrefix); err != nil {
-		panic(fmt.Sprintf("backends.NewRedis: %v", err))
+		return nil, err
 	}
 	if opts.WaiterTTL <= 0 {
 		opts.WaiterTTL = defaultWaiterTTL
 	}
 	if opts.Logger == nil {
-		opts.Logger = nopLogger{}
+		opts.Logger = enhanced.NopLogger{}
 	}
 	_, cluster := client.(*redis.ClusterClient)
 	return &Redis{
@@ -81,7 +80,7 @@ func NewRedis(client redis.UniversalClient, opts RedisOptions) *Redis {
 		waiterTTL: opts.WaiterTTL,
 		logger:    opts.Logger,
 		closed:    make(chan struct{}),
-	}
+	}, nil
 }
 
 // TryLock takes the lock in one round trip: one script, with the index
