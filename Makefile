@@ -21,6 +21,7 @@ lint:
 # the end-to-end suite with the real binary and real Terraform.
 test: deps lint
 	$(GO) test -count=1 -timeout 30m $(PKGS)
+	$(GO) test -count=1 -race -timeout 10m ./server/core/locking/enhanced/... ./server/core/redis/ ./server/
 
 unit:
 	$(GO) test -count=1 -short $(PKGS)
