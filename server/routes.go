@@ -75,13 +75,7 @@ func (s *Server) enhancedHealth() EnhancedLockingHealth {
 func (s *Server) Readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	active := s.Adapter.ActiveBackend()
-	var err error
-	if active == s.Config.Backend {
-		err = s.Adapter.Ping()
-	} else {
-		err = s.LocksController.Database.Ping()
-	}
-	if err != nil {
+	if err := s.Adapter.Ping(); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		b, _ := json.Marshal(map[string]string{"status": "error", "enhanced_locking": active, "error": err.Error()}) // nolint: errchkjson
 		w.Write(b)                                                                                                   // nolint: errcheck

@@ -361,10 +361,14 @@ func (a *Adapter) UpdatePullWithResults(pull models.PullRequest, newResults []co
 	return a.legacy.UpdatePullWithResults(pull, newResults)
 }
 
-// Ping implements db.Database: both stores must answer for locks to work.
+// Ping implements db.Database: it succeeds when lock operations can be
+// served now, so during a fallback the legacy database alone must answer.
 func (a *Adapter) Ping() error {
 	if err := a.legacy.Ping(); err != nil {
 		return fmt.Errorf("legacy database: %w", err)
+	}
+	if a.ActiveBackend() != a.opts.BackendName {
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.opts.OperationTimeout)
 	defer cancel()

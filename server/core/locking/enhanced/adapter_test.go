@@ -62,80 +62,134 @@ func openRedis(t *testing.T, client redis.UniversalClient) *backends.Redis {
 	return r
 }
 
+// adapterModes builds the adapter the way the server does in each mode: on
+// Redis, on the in-process BoltDB backend, and falling back to BoltDB while
+// Redis is down.
+func adapterModes(t *testing.T) map[string]func(t *testing.T) *enhanced.Adapter {
+	client := redistest.Start(t).Client(t)
+	down := redistest.Start(t)
+	downClient := fastClient(t, down)
+	down.Stop()
+	return map[string]func(t *testing.T) *enhanced.Adapter{
+		"redis": func(t *testing.T) *enhanced.Adapter {
+			Ok(t, client.FlushAll(context.Background()).Err())
+			return newRedisAdapter(t, client, openBolt(t, t.TempDir()), enhanced.AdapterOptions{})
+		},
+		"boltdb": func(t *testing.T) *enhanced.Adapter {
+			legacy := openBolt(t, t.TempDir())
+			return enhanced.NewAdapter(legacy, backends.NewBoltDB(legacy, logging.NewNoopLogger(t)), enhanced.AdapterOptions{BackendName: "boltdb"})
+		},
+		"redis-down-fallback-boltdb": func(t *testing.T) *enhanced.Adapter {
+			a := newRedisAdapter(t, downClient, openBolt(t, t.TempDir()), enhanced.AdapterOptions{FallbackToLegacy: true})
+			a.BackendHealthChanged(false)
+			return a
+		},
+	}
+}
+
 // TestAdapter_Conformance runs the lock contract through the adapter as the
 // db.Database upstream's clients see, in each mode the server installs.
 func TestAdapter_Conformance(t *testing.T) {
-	srv := redistest.Start(t)
-	client := srv.Client(t)
-	modes := map[string]func(t *testing.T) enhanced.Backend{
-		"redis": func(t *testing.T) enhanced.Backend {
-			Ok(t, client.FlushAll(context.Background()).Err())
-			return enhancedtest.LegacyBackend(newRedisAdapter(t, client, openBolt(t, t.TempDir()), enhanced.AdapterOptions{}))
-		},
-		"boltdb": func(t *testing.T) enhanced.Backend {
-			legacy := openBolt(t, t.TempDir())
-			return enhancedtest.LegacyBackend(enhanced.NewAdapter(legacy, backends.NewBoltDB(legacy, logging.NewNoopLogger(t)), enhanced.AdapterOptions{BackendName: "boltdb"}))
-		},
-	}
-	for name, newBackend := range modes {
+	for name, newAdapter := range adapterModes(t) {
+		caps := enhancedtest.Capabilities{}
+		if name == "redis-down-fallback-boltdb" {
+			// Upstream's BoltDB answers the pull holding a lock with false.
+			caps.SamePullNotAcquired = true
+		}
 		t.Run(name, func(t *testing.T) {
-			enhancedtest.RunConformance(t, newBackend, enhancedtest.Capabilities{})
+			enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
+				return enhancedtest.LegacyBackend(newAdapter(t))
+			}, caps)
 		})
 	}
 }
 
 // TestAdapter_UpstreamClients drives the adapter through upstream's Locker and
-// ApplyLocker, the interfaces the server's components hold.
+// ApplyLocker, the interfaces the server's components hold, in every mode.
 func TestAdapter_UpstreamClients(t *testing.T) {
+	for name, newAdapter := range adapterModes(t) {
+		t.Run(name, func(t *testing.T) {
+			adapter := newAdapter(t)
+			var locker locking.Locker = locking.NewClient(adapter)
+			var applyLocker locking.ApplyLocker = locking.NewApplyClient(adapter, false, false)
+
+			project := models.NewProject("org/repo", "dir", "")
+			pull1 := models.PullRequest{Num: 1, BaseRepo: models.Repo{FullName: "org/repo"}}
+			pull2 := models.PullRequest{Num: 2, BaseRepo: models.Repo{FullName: "org/repo"}}
+			r, err := locker.TryLock(project, "default", pull1, models.User{Username: "a"})
+			Ok(t, err)
+			Assert(t, r.LockAcquired, "pull 1 should get the lock")
+			Equals(t, "org/repo/dir/default/", r.LockKey)
+			r, err = locker.TryLock(project, "default", pull2, models.User{Username: "b"})
+			Ok(t, err)
+			Assert(t, !r.LockAcquired, "pull 2 must not get pull 1's lock")
+			Equals(t, 1, r.CurrLock.Pull.Num)
+
+			locks, err := locker.List()
+			Ok(t, err)
+			Equals(t, 1, len(locks))
+			got, err := locker.GetLock("org/repo/dir/default/")
+			Ok(t, err)
+			Equals(t, 1, got.Pull.Num)
+			got, err = locker.Unlock("org/repo/dir/default/")
+			Ok(t, err)
+			Equals(t, 1, got.Pull.Num)
+			got, err = locker.GetLock("org/repo/dir/default/")
+			Ok(t, err)
+			Assert(t, got == nil, "lock still held after unlock")
+			_, err = locker.TryLock(project, "default", pull2, models.User{Username: "b"})
+			Ok(t, err)
+			released, err := locker.UnlockByPull("org/repo", 2)
+			Ok(t, err)
+			Equals(t, 1, len(released))
+
+			applyLock, err := applyLocker.LockApply()
+			Ok(t, err)
+			Assert(t, applyLock.Locked, "global apply lock not taken")
+			check, err := applyLocker.CheckApplyLock()
+			Ok(t, err)
+			Assert(t, check.Locked, "global apply lock not seen")
+			Ok(t, applyLocker.UnlockApply())
+			check, err = applyLocker.CheckApplyLock()
+			Ok(t, err)
+			Assert(t, !check.Locked, "global apply lock still held")
+		})
+	}
+}
+
+// TestAdapter_MirrorsIntoLegacy checks where the Redis mode puts a lock:
+// upstream's key in Redis, and a copy in BoltDB that unlocks clean.
+func TestAdapter_MirrorsIntoLegacy(t *testing.T) {
 	client := redistest.Start(t).Client(t)
 	legacy := openBolt(t, t.TempDir())
 	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{})
-	var locker locking.Locker = locking.NewClient(adapter)
-	var applyLocker locking.ApplyLocker = locking.NewApplyClient(adapter, false, false)
-
-	project := models.NewProject("org/repo", "dir", "")
-	pull1 := models.PullRequest{Num: 1, BaseRepo: models.Repo{FullName: "org/repo"}}
-	pull2 := models.PullRequest{Num: 2, BaseRepo: models.Repo{FullName: "org/repo"}}
-	r, err := locker.TryLock(project, "default", pull1, models.User{Username: "a"})
+	lock := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	acquired, _, err := adapter.TryLock(lock)
 	Ok(t, err)
-	Assert(t, r.LockAcquired, "pull 1 should get the lock")
-	Equals(t, "org/repo/dir/default/", r.LockKey)
-	r, err = locker.TryLock(project, "default", pull2, models.User{Username: "b"})
-	Ok(t, err)
-	Assert(t, !r.LockAcquired, "pull 2 must not get pull 1's lock")
-	Equals(t, 1, r.CurrLock.Pull.Num)
+	Assert(t, acquired, "lock not acquired")
 
-	// The lock is in Redis under upstream's key, and mirrored into BoltDB.
 	val, err := client.Get(context.Background(), "pr/org/repo/dir/default/").Result()
 	Ok(t, err)
 	Assert(t, strings.Contains(val, `"Num":1`), "redis value %s", val)
-	mirrored, err := legacy.GetLock(project, "default")
+	mirrored, err := legacy.GetLock(lock.Project, lock.Workspace)
 	Ok(t, err)
 	Assert(t, mirrored != nil && mirrored.Pull.Num == 1, "lock not mirrored into the legacy database")
 
-	locks, err := locker.List()
+	_, err = adapter.LockCommand(command.Apply, time.Now())
 	Ok(t, err)
-	Equals(t, 1, len(locks))
-	got, err := locker.Unlock("org/repo/dir/default/")
-	Ok(t, err)
-	Equals(t, 1, got.Pull.Num)
-	mirrored, err = legacy.GetLock(project, "default")
-	Ok(t, err)
-	Assert(t, mirrored == nil, "unlock must clean the legacy database too")
-
-	applyLock, err := applyLocker.LockApply()
-	Ok(t, err)
-	Assert(t, applyLock.Locked, "global apply lock not taken")
-	check, err := applyLocker.CheckApplyLock()
-	Ok(t, err)
-	Assert(t, check.Locked, "global apply lock not seen")
 	legacyApply, err := legacy.CheckCommandLock(command.Apply)
 	Ok(t, err)
 	Assert(t, legacyApply != nil, "global apply lock not mirrored")
-	Ok(t, applyLocker.UnlockApply())
-	check, err = applyLocker.CheckApplyLock()
+
+	_, err = adapter.Unlock(lock.Project, lock.Workspace)
 	Ok(t, err)
-	Assert(t, !check.Locked, "global apply lock still held")
+	mirrored, err = legacy.GetLock(lock.Project, lock.Workspace)
+	Ok(t, err)
+	Assert(t, mirrored == nil, "unlock must clean the legacy database too")
+	Ok(t, adapter.UnlockCommand(command.Apply))
+	legacyApply, err = legacy.CheckCommandLock(command.Apply)
+	Ok(t, err)
+	Assert(t, legacyApply == nil, "global apply unlock not mirrored")
 }
 
 // TestAdapter_FailsClosed stops Redis under a held lock: requests fail with a
