@@ -30,8 +30,10 @@ type lockBackend struct {
 	client redis.UniversalClient
 	health *redisclient.HealthChecker
 	// separateFromLegacy is true when the backend keeps locks apart from the
-	// legacy database, which then gets a copy of each change.
+	// legacy database, which then gets a copy of each change; sharedWithLegacy
+	// when upstream's Redis database reads the backend's own keys.
 	separateFromLegacy bool
+	sharedWithLegacy   bool
 	describe           string
 }
 
@@ -62,6 +64,7 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 		if err != nil {
 			return nil, fmt.Errorf("enhanced locking: %w", err)
 		}
+		shared := sharesLegacyLocks(cfg, userConfig)
 		backend, err := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger})
 		if err != nil {
 			client.Close() // nolint: errcheck
@@ -71,7 +74,8 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 			Backend:            backend,
 			client:             client,
 			health:             redisclient.NewHealthChecker(client, cfg.Performance.HealthCheckInterval, 0, scope),
-			separateFromLegacy: !sharesLegacyLocks(cfg, userConfig),
+			separateFromLegacy: !shared,
+			sharedWithLegacy:   shared,
 			describe:           fmt.Sprintf("redis (%s, %s)", r.Mode, strings.Join(r.Addrs, ",")),
 		}, nil
 	default:

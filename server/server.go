@@ -59,6 +59,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) erro
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,
 		SeparateLegacyLocks: backend.separateFromLegacy,
+		SharedLegacyLocks:   backend.sharedWithLegacy,
 		FallbackToLegacy:    s.Config.Fallback.Mode == FallbackBoltDB,
 		WaitTimeout:         s.Config.Features.WaitTimeout,
 		Retry:               retryPolicy(s.Config.Features),

@@ -25,6 +25,12 @@ type AdapterOptions struct {
 	// It must be false when the backend stores its locks in the legacy
 	// database itself.
 	SeparateLegacyLocks bool
+	// SharedLegacyLocks says the legacy database is upstream's Redis database
+	// reading the very keys the backend writes, as in a fleet that mixes
+	// upstream and enhanced replicas. Upstream replicas index nothing, so
+	// releasing a pull's locks also asks the legacy database for any the
+	// backend's index does not know: a scan, as upstream itself does.
+	SharedLegacyLocks bool
 	// FallbackToLegacy sends lock operations to the legacy database while the
 	// backend is unreachable. Only safe for a single replica.
 	FallbackToLegacy bool
@@ -197,7 +203,7 @@ func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.Proje
 			locks, err = a.backend.UnlockByPull(ctx, repoFullName, pullNum)
 			return err
 		}, 0)
-		if err != nil || !a.opts.SeparateLegacyLocks {
+		if err != nil || !(a.opts.SeparateLegacyLocks || a.opts.SharedLegacyLocks) {
 			return err
 		}
 		legacyLocks, legacyErr := a.legacyUnlockByPull(repoFullName, pullNum)
@@ -262,11 +268,17 @@ func (a *Adapter) GetLock(project models.Project, workspace string) (*models.Pro
 func (a *Adapter) List() ([]models.ProjectLock, error) {
 	var locks []models.ProjectLock
 	err := a.run(func() error {
-		return a.call(func(ctx context.Context) error {
+		err := a.call(func(ctx context.Context) error {
 			var err error
 			locks, err = a.backend.List(ctx)
 			return err
 		}, 0)
+		if err != nil || !a.opts.SharedLegacyLocks {
+			return err
+		}
+		upstreamLocks, err := a.legacy.List()
+		locks = mergeLocks(locks, upstreamLocks)
+		return err
 	}, func() error {
 		var err error
 		locks, err = a.legacy.List()

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/runatlantis/atlantis/server/core/boltdb"
 	"github.com/runatlantis/atlantis/server/core/locking"
+	upstreamredis "github.com/runatlantis/atlantis/server/core/redis"
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
@@ -190,6 +191,36 @@ func TestAdapter_MirrorsIntoLegacy(t *testing.T) {
 	legacyApply, err = legacy.CheckCommandLock(command.Apply)
 	Ok(t, err)
 	Assert(t, legacyApply == nil, "global apply unlock not mirrored")
+}
+
+// TestAdapter_MixedFleetUnlockByPull: in a fleet that mixes upstream and
+// enhanced replicas on one Redis, closing a pull on an enhanced replica also
+// releases the locks an upstream replica took for it, which no index knows.
+func TestAdapter_MixedFleetUnlockByPull(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	upstreamReplica, err := upstreamredis.NewWithClient(client, "", "")
+	Ok(t, err)
+	adapter := enhanced.NewAdapter(upstreamReplica, openRedis(t, client), enhanced.AdapterOptions{BackendName: "redis", SharedLegacyLocks: true})
+	byUpstream := enhancedtest.NewLock("org/repo", "upstream", "default", "", 5)
+	acquired, _, err := upstreamReplica.TryLock(byUpstream)
+	Ok(t, err)
+	Assert(t, acquired, "setup lock not acquired")
+	byEnhanced := enhancedtest.NewLock("org/repo", "enhanced", "default", "", 5)
+	acquired, _, err = adapter.TryLock(byEnhanced)
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired")
+	otherPull := enhancedtest.NewLock("org/repo", "other", "default", "", 6)
+	acquired, _, err = upstreamReplica.TryLock(otherPull)
+	Ok(t, err)
+	Assert(t, acquired, "setup lock not acquired")
+
+	released, err := adapter.UnlockByPull("org/repo", 5)
+	Ok(t, err)
+	Equals(t, 2, len(released))
+	left, err := adapter.List()
+	Ok(t, err)
+	Equals(t, 1, len(left))
+	Equals(t, 6, left[0].Pull.Num)
 }
 
 // TestAdapter_FailsClosed stops Redis under a held lock: requests fail with a
