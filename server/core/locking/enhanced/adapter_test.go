@@ -439,3 +439,47 @@ func TestAdapter_ConcurrentWhileHealthFlips(t *testing.T) {
 	}
 	Equals(t, holders(inBolt), holders(inRedis))
 }
+
+// TestAdapter_WaitTimeout: with --enhanced-locking-wait-timeout a request for
+// a held lock waits for its release instead of failing at once, and the lock
+// it is handed is mirrored like any other.
+func TestAdapter_WaitTimeout(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	legacy := openBolt(t, t.TempDir())
+	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{WaitTimeout: 10 * time.Second})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	acquired, _, err := adapter.TryLock(holder)
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired")
+
+	type result struct {
+		acquired bool
+		current  models.ProjectLock
+		err      error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		acquired, current, err := adapter.TryLock(enhancedtest.NewLock("org/repo", "dir", "default", "", 2))
+		waited <- result{acquired, current, err}
+	}()
+	// The waiter is queued in Redis before the holder lets go.
+	backend := openRedis(t, client)
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		n, err := backend.QueueLength(context.Background(), holder.Project, holder.Workspace)
+		Ok(t, err)
+		if n == 1 {
+			break
+		}
+		Assert(t, time.Since(start) < 5*time.Second, "waiter never queued")
+	}
+	_, err = adapter.UnlockIfOwnedByPull(holder.Project, holder.Workspace, 1)
+	Ok(t, err)
+
+	got := <-waited
+	Ok(t, got.err)
+	Assert(t, got.acquired, "the waiting pull did not get the released lock")
+	Equals(t, 2, got.current.Pull.Num)
+	mirrored, err := legacy.GetLock(holder.Project, holder.Workspace)
+	Ok(t, err)
+	Assert(t, mirrored != nil && mirrored.Pull.Num == 2, "handed-over lock not mirrored")
+}
