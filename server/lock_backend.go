@@ -103,6 +103,17 @@ func sharesLegacyLocks(cfg EnhancedLockingConfig, userConfig upstream.UserConfig
 	return false
 }
 
+// Close closes the backend and the Redis client it runs on.
+func (b *lockBackend) Close() error {
+	err := b.Backend.Close()
+	if b.client != nil {
+		if clientErr := b.client.Close(); err == nil {
+			err = clientErr
+		}
+	}
+	return err
+}
+
 // status is the backend's health as /healthz shows it.
 func (b *lockBackend) status() string {
 	if b.health == nil {

@@ -147,8 +147,8 @@ func (s *Server) Start() error {
 		go s.retryRecovery(ctx)
 	}
 	err := s.Server.Start()
-	if s.Adapter != nil {
-		if closeErr := s.Adapter.Close(); closeErr != nil {
+	if s.backend != nil {
+		if closeErr := s.backend.Close(); closeErr != nil {
 			s.Logger.Err("closing enhanced locking backend: %v", closeErr)
 		}
 	}

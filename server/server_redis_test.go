@@ -32,7 +32,7 @@ func startTestServer(t *testing.T, userConfig upstream.UserConfig, cfg EnhancedL
 	Ok(t, err)
 	t.Cleanup(func() {
 		if srv.Adapter != nil {
-			srv.Adapter.Close() // nolint: errcheck
+			srv.backend.Close() // nolint: errcheck
 		}
 		srv.LocksController.Database.Close() // nolint: errcheck
 	})
@@ -116,7 +116,7 @@ func TestRedisServer_EnableDisableKeepsLocks(t *testing.T) {
 	Ok(t, err)
 	_, err = enabled.Locker.TryLock(project, "default", models.PullRequest{Num: 1}, user)
 	Ok(t, err)
-	Ok(t, enabled.Adapter.Close())
+	Ok(t, enabled.backend.Close())
 	Ok(t, enabled.LocksController.Database.Close())
 
 	disabled, err := NewServer(userConfig, testConfig(), DefaultEnhancedLockingConfig())
@@ -132,7 +132,7 @@ func TestRedisServer_EnableDisableKeepsLocks(t *testing.T) {
 
 	reenabled, err := NewServer(userConfig, testConfig(), redisConfig(redisSrv.Addr))
 	Ok(t, err)
-	defer reenabled.Adapter.Close()                  // nolint: errcheck
+	defer reenabled.backend.Close()                  // nolint: errcheck
 	defer reenabled.LocksController.Database.Close() // nolint: errcheck
 	resp, err = reenabled.Locker.TryLock(other, "default", models.PullRequest{Num: 3}, user)
 	Ok(t, err)
