@@ -463,15 +463,7 @@ func TestAdapter_WaitTimeout(t *testing.T) {
 		waited <- result{acquired, current, err}
 	}()
 	// The waiter is queued in Redis before the holder lets go.
-	backend := openRedis(t, client)
-	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
-		n, err := backend.QueueLength(context.Background(), holder.Project, holder.Workspace)
-		Ok(t, err)
-		if n == 1 {
-			break
-		}
-		Assert(t, time.Since(start) < 5*time.Second, "waiter never queued")
-	}
+	enhancedtest.AwaitQueue(t, openRedis(t, client), holder, 1)
 	_, err = adapter.UnlockIfOwnedByPull(holder.Project, holder.Workspace, 1)
 	Ok(t, err)
 

@@ -29,7 +29,7 @@ func handOverAfterWaitEnds(t *testing.T, b *BoltDB, holder, waiting models.Proje
 		acquired, lock, err := b.TryLockWithTimeout(context.Background(), enhancedtest.Request(waiting), 50*time.Millisecond)
 		result <- boltWait{acquired, lock, err}
 	}()
-	awaitBoltQueue(t, b, waiting, 1)
+	enhancedtest.AwaitQueue(t, b, waiting, 1)
 	b.mu.Lock()
 	time.Sleep(150 * time.Millisecond) // the wait ends and blocks on b.mu
 	_, err := b.unlockLocked(holder.Project, holder.Workspace, nil)
@@ -61,7 +61,7 @@ func TestBoltDBWaiterHandedTheLockAsItIsCancelledPassesItOn(t *testing.T) {
 		acquired, _, err := b.TryLockWithTimeout(context.Background(), enhancedtest.Request(next), 10*time.Second)
 		nextResult <- err == nil && acquired
 	}()
-	awaitBoltQueue(t, b, next, 1)
+	enhancedtest.AwaitQueue(t, b, next, 1)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	// Priority puts the cancelled waiter first in line.
@@ -71,7 +71,7 @@ func TestBoltDBWaiterHandedTheLockAsItIsCancelledPassesItOn(t *testing.T) {
 		acquired, lock, err := b.TryLockWithTimeout(ctx, enhanced.LockRequest{Lock: waiting, Priority: enhanced.PriorityHigh}, 10*time.Second)
 		result <- boltWait{acquired, lock, err}
 	}()
-	awaitBoltQueue(t, b, next, 2)
+	enhancedtest.AwaitQueue(t, b, next, 2)
 	b.mu.Lock()
 	cancel()
 	time.Sleep(100 * time.Millisecond)
@@ -90,20 +90,4 @@ func mustLockBolt(t testing.TB, b *BoltDB, lock models.ProjectLock) {
 	acquired, _, err := b.TryLock(context.Background(), enhancedtest.Request(lock))
 	Ok(t, err)
 	Assert(t, acquired, "lock not acquired")
-}
-
-func awaitBoltQueue(t testing.TB, b *BoltDB, lock models.ProjectLock, n int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err := b.QueueLength(context.Background(), lock.Project, lock.Workspace)
-		Ok(t, err)
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d waiters, want %d", got, n)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }

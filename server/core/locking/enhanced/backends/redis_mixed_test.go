@@ -63,7 +63,7 @@ func TestMixedFleet(t *testing.T) {
 			defer close(waitDone)
 			_, _, _ = ours.TryLockWithTimeout(ctx, enhancedtest.Request(enhancedtest.NewLock("org/repo", "dir", "default", "", 3)), 500*time.Millisecond)
 		}()
-		awaitQueueLength(t, ours, held, 1)
+		enhancedtest.AwaitQueue(t, ours, held, 1)
 
 		acquired, curr, err := upstream.TryLock(enhancedtest.NewLock("org/repo", "dir", "default", "", 2))
 		Ok(t, err)
@@ -196,21 +196,5 @@ func TestReindexFindsUpstreamLocks(t *testing.T) {
 			Ok(t, err)
 			Equals(t, len(want)/2, len(released))
 		})
-	}
-}
-
-func awaitQueueLength(t testing.TB, r *Redis, lock models.ProjectLock, n int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err := r.QueueLength(context.Background(), lock.Project, lock.Workspace)
-		Ok(t, err)
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d waiters, want %d", got, n)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }

@@ -51,14 +51,14 @@ func TestCrashedWaiterIsSkipped(t *testing.T) {
 		acquired, _, err := r.TryLockWithTimeout(ctx, enhancedtest.Request(live), 10*time.Second)
 		result <- err == nil && acquired
 	}()
-	awaitQueueLength(t, r, live, 2)
+	enhancedtest.AwaitQueue(t, r, live, 2)
 	_, err := r.Unlock(ctx, holder.Project, holder.Workspace)
 	Ok(t, err)
 	Assert(t, <-result, "live waiter did not get the lock")
 	got, err := r.GetLock(ctx, live.Project, live.Workspace)
 	Ok(t, err)
 	Equals(t, 3, got.Pull.Num)
-	awaitQueueLength(t, r, live, 0)
+	enhancedtest.AwaitQueue(t, r, live, 0)
 }
 
 func TestWaiterHeartbeatKeepsItQueued(t *testing.T) {
@@ -161,7 +161,7 @@ func TestWaitAcrossReplicas(t *testing.T) {
 			t.Errorf("acquired=%v err=%v", acquired, err)
 		}
 	}()
-	awaitQueueLength(t, a, waiting, 1)
+	enhancedtest.AwaitQueue(t, a, waiting, 1)
 	released := time.Now()
 	_, err := a.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 1)
 	Ok(t, err)
@@ -181,10 +181,10 @@ func TestCloseEndsWaits(t *testing.T) {
 		_, _, err := r.TryLockWithTimeout(ctx, enhancedtest.Request(waiting), 10*time.Second)
 		result <- err
 	}()
-	awaitQueueLength(t, r, waiting, 1)
+	enhancedtest.AwaitQueue(t, r, waiting, 1)
 	Ok(t, r.Close())
 	Assert(t, errors.Is(<-result, errClosed), "wait did not end with the backend")
-	awaitQueueLength(t, r, waiting, 0)
+	enhancedtest.AwaitQueue(t, r, waiting, 0)
 }
 
 func mustTryLock(t testing.TB, r *Redis, lock models.ProjectLock) {

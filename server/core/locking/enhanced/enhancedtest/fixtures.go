@@ -74,9 +74,9 @@ type queueLengther interface {
 	QueueLength(ctx context.Context, project models.Project, workspace string) (int, error)
 }
 
-// awaitQueue returns once n requests wait for lock. A backend that cannot
+// AwaitQueue returns once n requests wait for lock. A backend that cannot
 // tell gets a fixed pause instead.
-func awaitQueue(t testing.TB, b enhanced.Backend, lock models.ProjectLock, n int) {
+func AwaitQueue(t testing.TB, b enhanced.Backend, lock models.ProjectLock, n int) {
 	t.Helper()
 	q, ok := b.(queueLengther)
 	if !ok {
