@@ -166,8 +166,9 @@ func TestWaitAcrossReplicas(t *testing.T) {
 	_, err := a.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 1)
 	Ok(t, err)
 	<-result
-	// Notified, not polled: well under a heartbeat (5 s by default).
-	Assert(t, time.Since(released) < time.Second, "handoff took %s", time.Since(released))
+	// Notified, not polled: waiters heartbeat every 5s (the default), so a
+	// wake-up well before that came from the release notification.
+	Assert(t, time.Since(released) < 3*time.Second, "handoff took %s", time.Since(released))
 }
 
 func TestCloseEndsWaits(t *testing.T) {
