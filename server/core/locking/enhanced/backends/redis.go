@@ -3,7 +3,6 @@ package backends
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -223,11 +222,8 @@ func baseRepo(lock models.ProjectLock) string {
 	return lock.Pull.BaseRepo.FullName
 }
 
-// newToken returns 32 random hex characters.
+// newToken returns a fresh acquisition or call id. crypto/rand cannot fail
+// (since Go 1.24 it crashes the process instead).
 func newToken() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(fmt.Sprintf("reading random token: %v", err))
-	}
-	return hex.EncodeToString(b[:])
+	return rand.Text()
 }
