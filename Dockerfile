@@ -41,16 +41,8 @@ ARG ATLANTIS_DATE=unknown
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
-# Only the directories the binary's packages live in (go list -deps .; the
-# testdrive command pulls in e2e/vcssim and testing/testpki), so that local
-# build output such as bin/ and .tools/ never lands in a layer. A new
-# top-level package directory must be added here: the build fails until it is.
-COPY main.go ./
-COPY cmd/ cmd/
-COPY server/ server/
-COPY testdrive/ testdrive/
-COPY e2e/ e2e/
-COPY testing/ testing/
+# .dockerignore keeps local build output (bin/, .tools/) and .git out.
+COPY . .
 RUN CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
     go build -trimpath \
       -ldflags "-s -w -X main.version=${ATLANTIS_VERSION} -X main.commit=${ATLANTIS_COMMIT} -X main.date=${ATLANTIS_DATE}" \
