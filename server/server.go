@@ -142,10 +142,7 @@ func (s *Server) Start() error {
 	s.registerRoutes()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if s.backend != nil && s.backend.health != nil {
-		s.backend.health.Start(ctx)
-		go s.retryRecovery(ctx)
-	}
+	s.watchBackend(ctx)
 	err := s.Server.Start()
 	if s.backend != nil {
 		if closeErr := s.backend.Close(); closeErr != nil {
@@ -153,6 +150,16 @@ func (s *Server) Start() error {
 		}
 	}
 	return err
+}
+
+// watchBackend checks the backend's health until ctx is done, switching the
+// adapter to the fallback and back as it changes.
+func (s *Server) watchBackend(ctx context.Context) {
+	if s.backend == nil || s.backend.health == nil {
+		return
+	}
+	s.backend.health.Start(ctx)
+	go s.retryRecovery(ctx)
 }
 
 // retryRecovery tells the adapter the backend's health at every interval, not

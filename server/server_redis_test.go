@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	upstream "github.com/runatlantis/atlantis/server"
@@ -151,4 +152,45 @@ func TestRedisServer_UnreachableAtStart(t *testing.T) {
 	redisSrv.Stop()
 	_, err := NewServer(testUserConfig(t), testConfig(), redisConfig(addr))
 	ErrContains(t, addr, err)
+}
+
+// TestRedisServer_FallbackFollowsHealth runs the server's own health checks
+// against a Redis that goes away and comes back: locks go to BoltDB while it
+// is gone and are in Redis once it is back, with no call from the test.
+func TestRedisServer_FallbackFollowsHealth(t *testing.T) {
+	redisSrv := redistest.Start(t, redistest.WithAppendOnly())
+	cfg := redisConfig(redisSrv.Addr)
+	cfg.Fallback.Mode = FallbackBoltDB
+	cfg.Redis.DialTimeout = 300 * time.Millisecond
+	cfg.Performance.HealthCheckInterval = 100 * time.Millisecond
+	srv, serve := startTestServer(t, testUserConfig(t), cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv.watchBackend(ctx)
+	activeBackend := func() string {
+		var health HealthzResponse
+		Ok(t, json.Unmarshal(serve("GET", "/healthz").Body.Bytes(), &health))
+		return health.EnhancedLocking.ActiveBackend
+	}
+	waitFor := func(want string) {
+		t.Helper()
+		for start := time.Now(); activeBackend() != want; time.Sleep(20 * time.Millisecond) {
+			Assert(t, time.Since(start) < 30*time.Second, "active backend is %s, want %s", activeBackend(), want)
+		}
+	}
+	waitFor("redis")
+
+	redisSrv.Stop()
+	waitFor("legacy-fallback")
+	project := models.NewProject("org/repo", "during-outage", "")
+	resp, err := srv.Locker.TryLock(project, "default", models.PullRequest{Num: 4}, models.User{Username: "alice"})
+	Ok(t, err)
+	Assert(t, resp.LockAcquired, "no lock during the fallback")
+	Equals(t, http.StatusOK, serve("GET", "/readyz").Code)
+
+	redisSrv.Restart()
+	waitFor("redis")
+	value, err := redisSrv.Client(t).Get(context.Background(), "pr/org/repo/during-outage/default/").Result()
+	Ok(t, err)
+	Assert(t, strings.Contains(value, `"Num":4`), "lock taken during the outage is not in Redis: %s", value)
 }
