@@ -161,9 +161,9 @@ func withEnhancedFlagsHelp(tmpl string) string {
 		if f.defaultValue() != "" && !f.isBool {
 			descr += fmt.Sprintf(" (default %q)", f.defaultValue())
 		}
-		fmt.Fprintf(&b, "  --%s%s\n%s", f.name, value, wrapHelp(descr))
+		fmt.Fprintf(&b, "  --%s%s\n%s\n", f.name, value, wrapHelp(descr))
 	}
-	b.WriteString("  --" + DryRunFlag + "\n" + wrapHelp("Load and validate the configuration, then exit without starting the server."))
+	b.WriteString("  --" + DryRunFlag + "\n" + wrapHelp("Load and validate the configuration, then exit without starting the server.") + "\n")
 	b.WriteString("  --" + ConfigDumpFlag + "\n" + wrapHelp("Print the effective configuration as YAML, secrets redacted."))
 	marker := "{{end}}{{if .HasAvailableInheritedFlags}}"
 	if i := strings.Index(tmpl, marker); i >= 0 {
