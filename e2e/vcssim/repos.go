@@ -254,18 +254,6 @@ func (s *Sim) SetMergeableState(pr *PullRequest, state string) error {
 	return nil
 }
 
-// SetDraft marks the pull request as a draft or ready for review.
-func (s *Sim) SetDraft(pr *PullRequest, draft bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ps, err := s.lookupPull(pr)
-	if err != nil {
-		return err
-	}
-	ps.pr.Draft = draft
-	return nil
-}
-
 // SetLabels replaces the pull request's labels.
 func (s *Sim) SetLabels(pr *PullRequest, labels ...string) error {
 	s.mu.Lock()

@@ -218,9 +218,6 @@ func (s *Sim) URL() string { return "https://" + s.host }
 // APIURL is the REST base URL, with the trailing slash go-github expects.
 func (s *Sim) APIURL() string { return s.URL() + "/api/v3/" }
 
-// GraphQLURL is the GraphQL endpoint of GitHub Enterprise Server.
-func (s *Sim) GraphQLURL() string { return s.URL() + "/api/graphql" }
-
 // User is the login of the token's owner (--gh-user).
 func (s *Sim) User() string { return s.user }
 

@@ -1,9 +1,6 @@
 package enhanced
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // Priority orders requests waiting for the same lock. The zero value is
 // PriorityNormal so that a request nobody classified waits as an ordinary one.
@@ -28,14 +25,4 @@ func (p Priority) String() string {
 		return name
 	}
 	return fmt.Sprintf("priority(%d)", int(p))
-}
-
-// ParsePriority reads one of low, normal, high or critical.
-func ParsePriority(s string) (Priority, error) {
-	for p, name := range priorityNames {
-		if strings.EqualFold(strings.TrimSpace(s), name) {
-			return p, nil
-		}
-	}
-	return PriorityNormal, fmt.Errorf("unknown priority %q: use one of low, normal, high, critical", s)
 }
