@@ -74,9 +74,10 @@ func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) erro
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if r, ok := backend.Backend.(*backends.Redis); ok {
-		// Upstream replicas on the same Redis keep no index: find their locks
-		// once, here, so List and UnlockByPull see them.
+	if r, ok := backend.Backend.(*backends.Redis); ok && !backend.sharedWithLegacy {
+		// Index locks whose index write was lost. When upstream's database
+		// shares the keys, List and UnlockByPull ask it anyway, so the scan
+		// would be done twice.
 		n, err := r.Reindex(ctx)
 		if err != nil {
 			backend.Close() // nolint: errcheck
