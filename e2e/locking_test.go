@@ -64,7 +64,6 @@ func TestUnlockApplyMergeAndApplyLock(t *testing.T) {
 
 	// `atlantis unlock` on the replica that did not plan releases the lock.
 	h.unlock(h.r2, pr)
-	Assert(t, !h.exists(ownerKey(lockKey)), "owner token %s outlived the lock", ownerKey(lockKey))
 	for _, r := range h.fleet.Replicas {
 		Equals(t, map[string]int{}, h.apiLocks(r))
 	}

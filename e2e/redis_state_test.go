@@ -31,8 +31,13 @@ func pullIndexKey(pull int) string { return fmt.Sprintf("pull{%s::%d}", repoFull
 // releases the locks.
 func pullClosingKey(pull int) string { return fmt.Sprintf("pullclosing{%s::%d}", repoFull, pull) }
 
-// ownerKey is the owner token of the lock at lockKey.
-func ownerKey(lock string) string { return "o{" + lock + "}" }
+// releaseTimes is the enhanced backend's record of when each lock was last
+// released: HASH lock key -> unix ms.
+const releaseTimes = "locks:released"
+
+// acquisitionToken is the field an enhanced replica adds to every lock value
+// it writes (see server/core/locking/enhanced/backends/redis_value.go).
+const acquisitionToken = `,"EnhancedLockToken":"`
 
 func deliveryKey(id string) string { return deliveryPrefix + id }
 
@@ -146,8 +151,8 @@ func (h *harness) describeRedis() string {
 }
 
 // checkRedisConsistent scans Redis and fails the test unless every key is
-// accounted for: a lock with upstream's JSON, a related key (owner, waiters,
-// release record) of a live lock, an index whose lock entries are live (the
+// accounted for: a lock with upstream's JSON, a related key (waiters, release
+// record) of a live lock, the release times of locks, an index whose lock entries are live (the
 // per-pull index may name locks the pull only asked for), the global apply
 // lock, upstream's pull status, or a webhook delivery record. No key but the
 // locks, the indexes and the pull status may live forever.
@@ -172,9 +177,9 @@ func (h *harness) checkRedisConsistent() {
 			if _, err := h.holder(k); err != nil {
 				bad("%s", err)
 			}
-			// Locks taken through the enhanced scripts have an owner token.
-			if h.rdb.Exists(ctx, ownerKey(k)).Val() != 1 {
-				bad("lock %s has no owner token %s", k, ownerKey(k))
+			// Locks taken through the enhanced scripts carry their token.
+			if v := h.rdb.Get(ctx, k).Val(); !strings.Contains(v, acquisitionToken) {
+				bad("lock %s has no acquisition token: %s", k, v)
 			}
 		case k == globalIndex:
 			// Checked below, also when it is missing.
@@ -193,7 +198,15 @@ func (h *harness) checkRedisConsistent() {
 		case strings.HasPrefix(k, "pullclosing{"):
 			// Only exists while an UnlockByPull runs, or after one failed.
 			bad("%s is left over from an UnlockByPull that did not finish", k)
-		case strings.HasPrefix(k, "o{"), strings.HasPrefix(k, "w{"), strings.HasPrefix(k, "wd{"), strings.HasPrefix(k, "wv{"):
+		case k == releaseTimes:
+			// One field per lock key ever released, kept so that a stale
+			// copy of a lock is never imported back.
+			for field := range h.rdb.HGetAll(ctx, k).Val() {
+				if !strings.HasPrefix(field, "pr/") {
+					bad("release times %s name %s, which is not a lock key", k, field)
+				}
+			}
+		case strings.HasPrefix(k, "w{"), strings.HasPrefix(k, "wd{"), strings.HasPrefix(k, "wv{"):
 			if lock := relatedLock(k); !live[lock] {
 				bad("%s belongs to %s, which is not locked (orphan)", k, lock)
 			}
@@ -237,7 +250,7 @@ func (h *harness) checkRedisConsistent() {
 	}
 }
 
-// relatedLock is the lock key a related key such as o{pr/a/b/dir/default/}
+// relatedLock is the lock key a related key such as w{pr/a/b/dir/default/}
 // belongs to. The test's names contain no braces, so the key is the tag.
 func relatedLock(key string) string {
 	open := strings.IndexByte(key, '{')

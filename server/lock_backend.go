@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	upstream "github.com/runatlantis/atlantis/server"
@@ -65,7 +66,7 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 			return nil, fmt.Errorf("enhanced locking: %w", err)
 		}
 		shared := sharesLegacyLocks(cfg, userConfig)
-		backend, err := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger})
+		backend, err := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger, Scope: scope})
 		if err != nil {
 			client.Close() // nolint: errcheck
 			return nil, fmt.Errorf("invalid --enhanced-locking-redis-key-prefix: %w", err)
@@ -101,6 +102,43 @@ func sharesLegacyLocks(cfg EnhancedLockingConfig, userConfig upstream.UserConfig
 		}
 	}
 	return false
+}
+
+// Scans for locks written by replicas without enhanced locking: how often,
+// and how long one may take.
+const (
+	unindexedScanInterval = 10 * time.Minute
+	unindexedScanTimeout  = 5 * time.Minute
+)
+
+// scanForUnindexedLocks indexes, now and then every interval until ctx is
+// done, the locks that replicas without enhanced locking wrote on the keys we
+// share with them: they keep no index, and without one List and closing a
+// pull would not find them. It scans the whole keyspace, so it runs in the
+// background, rarely, and a failure waits for the next round.
+func (b *lockBackend) scanForUnindexedLocks(ctx context.Context, logger logging.SimpleLogging) {
+	r, ok := b.Backend.(*backends.Redis)
+	if !ok {
+		return
+	}
+	for {
+		scanCtx, cancel := context.WithTimeout(ctx, unindexedScanTimeout)
+		n, err := r.ScanForUnindexedLocks(scanCtx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			logger.Warn("enhanced locking: scanning Redis for locks written without enhanced locking failed, next try in %s: %v", unindexedScanInterval, err)
+		default:
+			logger.Debug("enhanced locking: scanned Redis for locks written without enhanced locking: %d lock(s)", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(unindexedScanInterval):
+		}
+	}
 }
 
 // Close closes the backend and the Redis client it runs on.

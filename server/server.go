@@ -72,19 +72,11 @@ func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) erro
 			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
 		})
 	}
+	if r, ok := backend.Backend.(*backends.Redis); ok {
+		s.repairIndexes(r)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if r, ok := backend.Backend.(*backends.Redis); ok && !backend.sharedWithLegacy {
-		// Index locks whose index write was lost. When upstream's database
-		// shares the keys, List and UnlockByPull ask it anyway, so the scan
-		// would be done twice.
-		n, err := r.Reindex(ctx)
-		if err != nil {
-			backend.Close() // nolint: errcheck
-			return fmt.Errorf("indexing the locks already in Redis: %w", err)
-		}
-		s.Logger.Info("enhanced locking: %d lock(s) already in Redis", n)
-	}
 	if backend.separateFromLegacy {
 		n, err := s.Adapter.ImportLegacyLocks(ctx)
 		if err != nil {
@@ -99,6 +91,25 @@ func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) erro
 	}
 	s.Logger.Info("enhanced locking is on: backend %s", backend.describe)
 	return nil
+}
+
+// startupRepairTimeout bounds the index repair at start-up.
+const startupRepairTimeout = 30 * time.Second
+
+// repairIndexes puts back per-pull index entries a lost write left out. It
+// costs O(locks), and since a missing entry only hides a lock from closing
+// its pull until the next repair, a failure is reported and never stops
+// start-up.
+func (s *Server) repairIndexes(r *backends.Redis) {
+	ctx, cancel := context.WithTimeout(context.Background(), startupRepairTimeout)
+	defer cancel()
+	n, err := r.RepairIndexes(ctx)
+	if err != nil {
+		s.Logger.Warn("enhanced locking: could not repair the lock indexes at start-up, starting anyway (closing a pull may "+
+			"miss a lock whose index entry was lost, until the next start): %v", err)
+		return
+	}
+	s.Logger.Info("enhanced locking: %d lock(s) already in Redis", n)
 }
 
 // installLockingAdapter is the one seam between upstream and enhanced locking.
@@ -161,6 +172,9 @@ func (s *Server) watchBackend(ctx context.Context) {
 	}
 	s.backend.health.Start(ctx)
 	go s.retryRecovery(ctx)
+	if s.backend.sharedWithLegacy {
+		go s.backend.scanForUnindexedLocks(ctx, s.Logger)
+	}
 }
 
 // retryRecovery tells the adapter the backend's health at every interval, not

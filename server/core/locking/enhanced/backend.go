@@ -40,6 +40,16 @@ type Backend interface {
 	Close() error
 }
 
+// ReleaseHistory is implemented by backends that remember when each lock was
+// last released, so that a copy of a lock kept elsewhere (a replica's legacy
+// database, which only sees the releases made through that replica) is not
+// brought back after the backend released it.
+type ReleaseHistory interface {
+	// LastReleased returns, for each lock, when the lock on its project and
+	// workspace was last released, or the zero time if never.
+	LastReleased(ctx context.Context, locks []models.ProjectLock) ([]time.Time, error)
+}
+
 // LockRequest is one pull's request for one project lock.
 type LockRequest struct {
 	Lock     models.ProjectLock

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
+	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 )
@@ -30,6 +31,8 @@ type RedisOptions struct {
 	// heartbeat; waiters heartbeat every WaiterTTL/3.
 	WaiterTTL time.Duration
 	Logger    logging.SimpleLogging
+	// Scope receives the backend's metrics; nil means none.
+	Scope tally.Scope
 }
 
 // Redis is the enhanced backend for many Atlantis replicas sharing one Redis:
@@ -44,18 +47,25 @@ type RedisOptions struct {
 // Ownership. A lock belongs to a pull, as upstream's do: Atlantis releases by
 // lock key (Unlock) or by pull (UnlockIfOwnedByPull, UnlockByPull) and knows
 // nothing finer, so those compare the pull number atomically. Each acquisition
-// also stores a random token; the paths that act on a grant they may have
-// lost track of (a waiter that gives up just as the lock is handed to it)
-// release only while their token still owns the lock, so they never free a
-// later holder's lock.
+// also writes a random token into the lock's value (redis_value.go); the paths
+// that act on a grant they may have lost track of (a waiter that gives up just
+// as the lock is handed to it, an acquisition whose reply was lost) release
+// only while the stored value is still the one they wrote, so they never free
+// a later holder's lock.
 type Redis struct {
-	client    redis.UniversalClient
-	keys      keyspace
-	waiterTTL time.Duration
-	logger    logging.SimpleLogging
+	client      redis.UniversalClient
+	keys        keyspace
+	waiterTTL   time.Duration
+	logger      logging.SimpleLogging
+	nonEnhanced *nonEnhancedWrites
 
 	closed    chan struct{}
 	closeOnce sync.Once
+	// abandoning tracks the goroutines of abandon; closing, under abandonMu,
+	// stops new ones once Close waits for them.
+	abandonMu  sync.Mutex
+	closing    bool
+	abandoning sync.WaitGroup
 }
 
 var _ enhanced.Backend = (*Redis)(nil)
@@ -72,13 +82,17 @@ func NewRedis(client redis.UniversalClient, opts RedisOptions) (*Redis, error) {
 	if opts.Logger == nil {
 		opts.Logger = enhanced.NopLogger{}
 	}
+	if opts.Scope == nil {
+		opts.Scope = tally.NoopScope
+	}
 	_, cluster := client.(*redis.ClusterClient)
 	return &Redis{
-		client:    client,
-		keys:      keyspace{prefix: opts.KeyPrefix, cluster: cluster},
-		waiterTTL: opts.WaiterTTL,
-		logger:    opts.Logger,
-		closed:    make(chan struct{}),
+		client:      client,
+		keys:        keyspace{prefix: opts.KeyPrefix, cluster: cluster},
+		waiterTTL:   opts.WaiterTTL,
+		logger:      opts.Logger,
+		nonEnhanced: newNonEnhancedWrites(opts.Logger, opts.Scope),
+		closed:      make(chan struct{}),
 	}, nil
 }
 
@@ -86,43 +100,41 @@ func NewRedis(client redis.UniversalClient, opts RedisOptions) (*Redis, error) {
 // updates outside the lock's slot pipelined behind it.
 func (r *Redis) TryLock(ctx context.Context, req enhanced.LockRequest) (bool, models.ProjectLock, error) {
 	k := r.keys.forProject(req.Lock.Project, req.Lock.Workspace)
-	value, err := json.Marshal(req.Lock)
-	if err != nil {
-		return false, models.ProjectLock{}, fmt.Errorf("encoding lock %q: %w", k.lock, err)
-	}
 	token := newToken()
-	reply, err := r.runIndexed(ctx, acquireScript, k, req.Lock,
-		string(value), token, baseRepo(req.Lock), req.Lock.Pull.Num)
+	value, err := encodeLock(req.Lock, token)
 	if err != nil {
-		if reply.status == statusYes && reply.value == string(value) {
-			r.undo(k, token)
+		return false, models.ProjectLock{}, fmt.Errorf("%s %q: %w", "locking", k.lock, err)
+	}
+	args := []any{value, baseRepo(req.Lock), req.Lock.Pull.Num, token}
+	reply, err := r.runIndexed(ctx, acquireScript, k, req.Lock, args...)
+	if err != nil && isUnavailable(err) && outcomeUnknown(err) {
+		// The script may have run. Running it again with the same token
+		// answers what the first run did, or takes the lock now, which is
+		// what the caller asked for: either way the answer is known.
+		resolveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
+		reply, err = r.runIndexed(resolveCtx, acquireScript, k, req.Lock, args...)
+		cancel()
+	}
+	if err != nil {
+		if reply.value == value || outcomeUnknown(err) {
+			// Taken, or maybe taken, by an acquisition nobody will be told of
+			// (its index writes failed, or Redis stopped answering): give it
+			// back rather than let the pull hold a lock unknowingly.
+			r.abandon(k, token, value)
 		}
 		return false, models.ProjectLock{}, redisError(fmt.Sprintf("locking %q", k.lock), err)
 	}
 	if reply.status == statusCorrupt {
 		return false, models.ProjectLock{}, corruptLockError(k.lock, errUndecodable)
 	}
-	if reply.value == string(value) {
-		return reply.status == statusYes, req.Lock, nil
+	if reply.value == value {
+		return true, req.Lock, nil
 	}
-	curr, err := decodeLock(k.lock, reply.value)
+	curr, err := r.decodeLock(k.lock, reply.value)
 	if err != nil {
 		return false, models.ProjectLock{}, err
 	}
 	return reply.status == statusYes, curr, nil
-}
-
-// undo gives back a lock this call took but cannot report, because the index
-// writes behind it failed; otherwise the pull would hold a lock it does not
-// know of and that List may not show. If Redis is gone this fails too, and the
-// pull's next TryLock for the lock, which succeeds as the same pull, indexes it.
-func (r *Redis) undo(k lockKeys, token string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cmd := runAll(ctx, r.client, []scriptCall{{leaveScript, k.script(), []any{token, "0", k.channel}}})[0]
-	if err := cmd.Err(); err != nil {
-		r.logger.Warn("could not release lock %q after failing to index it: %s", k.lock, err)
-	}
 }
 
 // Unlock releases the lock whoever holds it, handing it to the next waiter,
@@ -136,23 +148,31 @@ func (r *Redis) UnlockIfOwnedByPull(ctx context.Context, project models.Project,
 	return r.release(ctx, r.keys.forProject(project, workspace), strconv.Itoa(pullNum))
 }
 
+// release runs one release call. A call whose reply was lost is repeated
+// with the same call id, which answers what the first run did.
 func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.ProjectLock, error) {
-	cmd := runAll(ctx, r.client, []scriptCall{releaseCall(k, pull)})[0]
-	return releasedLock(k, cmd)
+	call := releaseCall(k, pull)
+	cmd := runAll(ctx, r.client, []scriptCall{call})[0]
+	if err := cmd.Err(); err != nil && isUnavailable(err) && outcomeUnknown(err) {
+		resolveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
+		cmd = runAll(resolveCtx, r.client, []scriptCall{call})[0]
+		cancel()
+	}
+	return r.releasedLock(k, cmd)
 }
 
 func releaseCall(k lockKeys, pull string) scriptCall {
 	return scriptCall{releaseScript, k.script(), []any{pull, newToken(), k.channel}}
 }
 
-func releasedLock(k lockKeys, cmd *redis.Cmd) (*models.ProjectLock, error) {
+func (r *Redis) releasedLock(k lockKeys, cmd *redis.Cmd) (*models.ProjectLock, error) {
 	reply, err := parseReply(cmd)
 	if err != nil {
 		return nil, redisError(fmt.Sprintf("unlocking %q", k.lock), err)
 	}
 	switch reply.status {
 	case statusYes:
-		lock, err := decodeLock(k.lock, reply.value)
+		lock, err := r.decodeLock(k.lock, reply.value)
 		if err != nil {
 			return nil, err
 		}
@@ -174,7 +194,7 @@ func (r *Redis) GetLock(ctx context.Context, project models.Project, workspace s
 	if err != nil {
 		return nil, redisError(fmt.Sprintf("reading lock %q", key), err)
 	}
-	lock, err := decodeLock(key, value)
+	lock, err := r.decodeLock(key, value)
 	if err != nil {
 		return nil, err
 	}
@@ -199,20 +219,36 @@ func (r *Redis) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close ends pending waits, which leave their queues. It does not close the
-// client, which belongs to the caller.
+// NonEnhancedWrites reports the locks seen that replicas without enhanced
+// locking wrote.
+func (r *Redis) NonEnhancedWrites() NonEnhancedWrites {
+	return r.nonEnhanced.snapshot()
+}
+
+// Close ends pending waits, which leave their queues, and the attempts to give
+// back abandoned acquisitions. It does not close the client, which belongs to
+// the caller.
 func (r *Redis) Close() error {
 	r.closeOnce.Do(func() { close(r.closed) })
+	r.abandonMu.Lock()
+	r.closing = true
+	r.abandonMu.Unlock()
+	r.abandoning.Wait()
 	return nil
 }
 
-func decodeLock(key, value string) (models.ProjectLock, error) {
+// decodeLock decodes a stored lock and notes a lock written by a replica
+// without enhanced locking.
+func (r *Redis) decodeLock(key, value string) (models.ProjectLock, error) {
 	var lock models.ProjectLock
 	if err := json.Unmarshal([]byte(value), &lock); err != nil {
 		return models.ProjectLock{}, corruptLockError(key, err)
 	}
 	// Local, as upstream's GetLock does (https://github.com/golang/go/issues/19486).
 	lock.Time = lock.Time.Local()
+	if !writtenByEnhanced(value) {
+		r.nonEnhanced.observe(key, value, lock)
+	}
 	return lock, nil
 }
 

@@ -8,6 +8,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/runatlantis/atlantis/server/events/command"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 )
 
 // Command locks (the global apply lock) use upstream's key and JSON, so
@@ -30,7 +32,7 @@ func (r *Redis) LockCommand(ctx context.Context, cmdName command.Name, lockTime 
 		return nil, redisError(fmt.Sprintf("locking command %s", cmdName), err)
 	}
 	if !set {
-		return nil, fmt.Errorf("locking command %s: lock already exists", cmdName)
+		return nil, fmt.Errorf("%w (redis key %q)", errCommandLockExists, key)
 	}
 	return &lock, nil
 }
@@ -38,12 +40,13 @@ func (r *Redis) LockCommand(ctx context.Context, cmdName command.Name, lockTime 
 // UnlockCommand removes the lock on cmdName, failing if there is none, as
 // upstream does.
 func (r *Redis) UnlockCommand(ctx context.Context, cmdName command.Name) error {
-	n, err := r.client.Del(ctx, r.keys.command(cmdName)).Result()
+	key := r.keys.command(cmdName)
+	n, err := r.client.Del(ctx, key).Result()
 	if err != nil {
 		return redisError(fmt.Sprintf("unlocking command %s", cmdName), err)
 	}
 	if n == 0 {
-		return fmt.Errorf("unlocking command %s: no lock exists", cmdName)
+		return fmt.Errorf("%w (redis key %q)", errNoCommandLock, key)
 	}
 	return nil
 }
@@ -60,7 +63,7 @@ func (r *Redis) CheckCommandLock(ctx context.Context, cmdName command.Name) (*co
 	}
 	var lock command.Lock
 	if err := json.Unmarshal([]byte(value), &lock); err != nil {
-		return nil, corruptLockError(key, err)
+		return nil, fmt.Errorf("failed to deserialize Lock: %w (%v; redis key %q)", enhanced.ErrCorruptLock, err, key)
 	}
 	return &lock, nil
 }

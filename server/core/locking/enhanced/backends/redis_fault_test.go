@@ -134,7 +134,7 @@ func TestRedisUnavailable(t *testing.T) {
 			return err
 		},
 		"Ping":    func() error { return r.Ping(ctx) },
-		"Reindex": func() error { _, err := r.Reindex(ctx); return err },
+		"ScanForUnindexedLocks": func() error { _, err := r.ScanForUnindexedLocks(ctx); return err },
 	}
 	for name, op := range ops {
 		err := op()

@@ -45,7 +45,7 @@ func (r *Redis) runIndexed(ctx context.Context, s *redis.Script, k lockKeys, loc
 	pullIndex, _ := r.keys.pull(lock.Project.RepoFullName, lock.Pull.Num)
 	run := func(eval bool) (*redis.Cmd, []redis.Cmder) {
 		var script *redis.Cmd
-		cmds, _ := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			if eval {
 				script = s.Eval(ctx, p, k.script(), args...)
 			} else {
@@ -55,6 +55,7 @@ func (r *Redis) runIndexed(ctx context.Context, s *redis.Script, k lockKeys, loc
 			p.SAdd(ctx, r.keys.shards(), k.shard)
 			return nil
 		})
+		failUnanswered(cmds, err)
 		return script, cmds[1:]
 	}
 	script, index := run(false)
@@ -90,6 +91,26 @@ func firstErr(cmds []redis.Cmder) error {
 
 // List returns every lock in the global index, in lock key order.
 func (r *Redis) List(ctx context.Context) ([]models.ProjectLock, error) {
+	found, err := r.listIndexed(ctx)
+	if err != nil {
+		return nil, err
+	}
+	locks := make([]models.ProjectLock, len(found))
+	for i, e := range found {
+		locks[i] = e.lock
+	}
+	return locks, nil
+}
+
+// indexedLock is a lock read through the global index, with its key.
+type indexedLock struct {
+	key  string
+	lock models.ProjectLock
+}
+
+// listIndexed reads every lock of the global index, in key order, and prunes
+// the entries of locks deleted outside our scripts.
+func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 	shards, err := r.client.SMembers(ctx, r.keys.shards()).Result()
 	if err != nil {
 		return nil, redisError("listing lock index shards", err)
@@ -120,11 +141,7 @@ func (r *Redis) List(ctx context.Context) ([]models.ProjectLock, error) {
 		return nil, redisError("reading locks", err)
 	}
 
-	type entry struct {
-		key  string
-		lock models.ProjectLock
-	}
-	var found []entry
+	var found []indexedLock
 	var prune []scriptCall
 	for i, shard := range shards {
 		if values[i] == nil {
@@ -138,11 +155,11 @@ func (r *Redis) List(ctx context.Context) ([]models.ProjectLock, error) {
 				stale = append(stale, key)
 				continue
 			}
-			lock, err := decodeLock(key, s)
+			lock, err := r.decodeLock(key, s)
 			if err != nil {
 				return nil, err
 			}
-			found = append(found, entry{key, lock})
+			found = append(found, indexedLock{key, lock})
 		}
 		if len(stale) > 1 {
 			prune = append(prune, scriptCall{pruneScript, stale, nil})
@@ -157,11 +174,7 @@ func (r *Redis) List(ctx context.Context) ([]models.ProjectLock, error) {
 	}
 
 	sort.Slice(found, func(i, j int) bool { return found[i].key < found[j].key })
-	locks := make([]models.ProjectLock, len(found))
-	for i, e := range found {
-		locks[i] = e.lock
-	}
-	return locks, nil
+	return found, nil
 }
 
 // UnlockByPull releases every lock pull pullNum of repoFullName holds, each
@@ -183,7 +196,7 @@ func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum i
 	var locks []models.ProjectLock
 	var errs []error
 	for i, cmd := range runAll(ctx, r.client, calls) {
-		lock, err := releasedLock(keys[i], cmd)
+		lock, err := r.releasedLock(keys[i], cmd)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -202,15 +215,36 @@ func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum i
 	return locks, nil
 }
 
-// Reindex adds every lock key in Redis to the indexes, so that List and
-// UnlockByPull also see locks created by upstream replicas, which keep no
-// index, and locks whose index writes were lost. It scans the whole keyspace
-// of every master: run it once at start-up, never per request. It returns
-// how many locks it found.
-func (r *Redis) Reindex(ctx context.Context) (int, error) {
+// RepairIndexes adds every lock of the global index to its pull's index, which
+// a lost write may have left without it. It reads the index and the locks it
+// names, nothing else, so start-up costs O(locks) however big the Redis is.
+// It returns how many locks it found.
+func (r *Redis) RepairIndexes(ctx context.Context) (int, error) {
+	locks, err := r.listIndexed(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, l := range locks {
+			pullIndex, _ := r.keys.pull(l.lock.Project.RepoFullName, l.lock.Pull.Num)
+			p.SAdd(ctx, pullIndex, l.key)
+		}
+		return nil
+	}); err != nil {
+		return len(locks), redisError("repairing the per-pull lock indexes", err)
+	}
+	return len(locks), nil
+}
+
+// ScanForUnindexedLocks adds every lock key in Redis to the indexes, so that
+// List and UnlockByPull also see locks created by replicas without enhanced
+// locking, which keep no index. It scans the whole keyspace of every master,
+// in batches: run it in the background and rarely, never per request and
+// never in the way of start-up. It returns how many locks it found.
+func (r *Redis) ScanForUnindexedLocks(ctx context.Context) (int, error) {
 	var found atomic.Int64
 	scan := func(ctx context.Context, node redis.Cmdable) error {
-		n, err := r.reindexNode(ctx, node)
+		n, err := r.scanNode(ctx, node)
 		found.Add(int64(n))
 		return err
 	}
@@ -223,14 +257,14 @@ func (r *Redis) Reindex(ctx context.Context) (int, error) {
 		err = scan(ctx, r.client)
 	}
 	if err != nil {
-		return int(found.Load()), redisError("reindexing locks", err)
+		return int(found.Load()), redisError("scanning for unindexed locks", err)
 	}
 	return int(found.Load()), nil
 }
 
-const reindexBatch = 256
+const scanBatch = 1000
 
-func (r *Redis) reindexNode(ctx context.Context, node redis.Cmdable) (int, error) {
+func (r *Redis) scanNode(ctx context.Context, node redis.Cmdable) (int, error) {
 	var batch []string
 	found := 0
 	flush := func() error {
@@ -239,10 +273,10 @@ func (r *Redis) reindexNode(ctx context.Context, node redis.Cmdable) (int, error
 		batch = batch[:0]
 		return err
 	}
-	iter := node.ScanType(ctx, 0, r.keys.lockPattern(), reindexBatch, "string").Iterator()
+	iter := node.ScanType(ctx, 0, r.keys.lockPattern(), scanBatch, "string").Iterator()
 	for iter.Next(ctx) {
 		batch = append(batch, iter.Val())
-		if len(batch) == reindexBatch {
+		if len(batch) == scanBatch {
 			if err := flush(); err != nil {
 				return found, err
 			}
@@ -276,7 +310,7 @@ func (r *Redis) indexKeys(ctx context.Context, keys []string) error {
 			k := r.keys.forLockKey(key)
 			p.SAdd(ctx, k.shard, key)
 			p.SAdd(ctx, r.keys.shards(), k.shard)
-			lock, err := decodeLock(key, value)
+			lock, err := r.decodeLock(key, value)
 			if err != nil {
 				// Indexed all the same, so that List reports it.
 				r.logger.Warn("indexing lock: %s", err)

@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	. "github.com/runatlantis/atlantis/testing"
@@ -42,17 +43,43 @@ func TestRetriedReleaseDoesNotReleaseTheNextHolder(t *testing.T) {
 	k := r.keys.forProject(first.Project, first.Workspace)
 	call := releaseCall(k, "")
 
-	released, err := releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	released, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
 	Ok(t, err)
 	enhancedtest.EqualLocks(t, first, *released)
 	next := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
 	mustTryLock(t, r, next)
 
-	replayed, err := releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	replayed, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
 	Ok(t, err)
 	enhancedtest.EqualLocks(t, first, *replayed)
 	got, err := r.GetLock(ctx, next.Project, next.Workspace)
 	Ok(t, err)
 	Assert(t, got != nil, "retried release freed the next holder's lock")
 	Equals(t, 2, got.Pull.Num)
+}
+
+// Start-up repairs a lost per-pull index entry from the global index, with
+// no scan of the keyspace, so it costs O(locks) however big the Redis is.
+func TestRepairIndexesNeedsNoScan(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.Start(t).Client(t)
+	r := newTestRedis(t, client, RedisOptions{})
+	lock := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, lock)
+	index, _ := r.keys.pull("org/repo", 1)
+	Ok(t, client.Del(ctx, index).Err()) // the index write was lost
+	for i := range 500 {
+		Ok(t, client.Set(ctx, fmt.Sprintf("unrelated:%d", i), "x", 0).Err())
+	}
+
+	redistest.ResetStats(t, client)
+	found, err := r.RepairIndexes(ctx)
+	Ok(t, err)
+	Equals(t, 1, found)
+	counts := redistest.CommandCount(t, client)
+	Equals(t, int64(0), counts["scan"])
+	Equals(t, int64(0), counts["keys"])
+	released, err := r.UnlockByPull(ctx, "org/repo", 1)
+	Ok(t, err)
+	Equals(t, 1, len(released))
 }

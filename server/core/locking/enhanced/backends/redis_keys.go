@@ -12,15 +12,16 @@ import (
 // Key layout in Redis. With an empty KeyPrefix the lock and command lock keys
 // are exactly upstream's, so upstream replicas and ours see the same locks:
 //
-//	pr/{repo}/{path}/{workspace}/{project}   lock: JSON of models.ProjectLock (upstream's key and value)
+//	pr/{repo}/{path}/{workspace}/{project}   lock: upstream's JSON of models.ProjectLock plus the
+//	                                         acquisition token (redis_value.go)
 //	global/{command}/lock                    command lock: JSON of command.Lock (upstream's key and value)
-//	o{T}S                                    owner token of the current acquisition
 //	w{T}S                                    waiters: ZSET of tokens, ordered by priority then arrival
 //	wd{T}S                                   waiters' liveness deadlines: HASH token -> unix ms
-//	wv{T}S                                   waiters' lock values: HASH token -> JSON to install on handoff
+//	wv{T}S                                   waiters' lock values: HASH token -> value to install on handoff
 //	u{T}S                                    last release of this lock, to answer a retried release
 //	n{T}S                                    pub/sub channel announcing the token a lock was handed to
 //	locks / locks{slot tag}                  global index shard: SET of lock keys (one per cluster slot)
+//	locks:released / locks:released{tag}     when each lock of the slot was last released: HASH key -> unix ms
 //	locks:shards                             SET of the shard keys above, only ever grows
 //	pull{repo::num}                          per-pull index: SET of lock keys the pull asked for
 //	pullclosing{repo::num}                   per-pull index entries taken by a running UnlockByPull
@@ -37,6 +38,12 @@ import (
 //
 // A KeyPrefix is prepended to every key. It switches off compatibility with
 // upstream replicas, whose keys are never prefixed.
+//
+// Upstream's Redis database lists its locks by scanning "pr*" and decoding
+// every match as a lock, and it may share this Redis and database (as the
+// legacy store next to a prefixed keyspace, or after a rollback). So no key
+// but a lock key may start with "pr": no kind above does, and
+// ValidateKeyPrefix refuses prefixes that would make one (TestNoKeyMatchesUpstreamScans).
 type keyspace struct {
 	prefix string
 	// cluster splits the global index into one shard per hash slot, so that a
@@ -48,19 +55,20 @@ type keyspace struct {
 // hash to the lock key's slot.
 type lockKeys struct {
 	lock      string
-	owner     string
 	queue     string
 	deadlines string
 	values    string
 	released  string
 	shard     string
-	channel   string
+	// releaseTimes is shared by the locks of a slot, like shard.
+	releaseTimes string
+	channel      string
 }
 
 // script returns the KEYS of every lock script, in the order the scripts
 // expect (see lua/helpers.lua).
 func (k lockKeys) script() []string {
-	return []string{k.lock, k.owner, k.queue, k.deadlines, k.values, k.shard, k.released}
+	return []string{k.lock, k.queue, k.deadlines, k.values, k.shard, k.released, k.releaseTimes}
 }
 
 func (ks keyspace) forProject(p models.Project, workspace string) lockKeys {
@@ -71,14 +79,14 @@ func (ks keyspace) forProject(p models.Project, workspace string) lockKeys {
 // an index.
 func (ks keyspace) forLockKey(lockKey string) lockKeys {
 	return lockKeys{
-		lock:      lockKey,
-		owner:     ks.related("o", lockKey),
-		queue:     ks.related("w", lockKey),
-		deadlines: ks.related("wd", lockKey),
-		values:    ks.related("wv", lockKey),
-		released:  ks.related("u", lockKey),
-		shard:     ks.shard(lockKey),
-		channel:   ks.related("n", lockKey),
+		lock:         lockKey,
+		queue:        ks.related("w", lockKey),
+		deadlines:    ks.related("wd", lockKey),
+		values:       ks.related("wv", lockKey),
+		released:     ks.related("u", lockKey),
+		shard:        ks.shard(lockKey),
+		releaseTimes: ks.releaseTimes(lockKey),
+		channel:      ks.related("n", lockKey),
 	}
 }
 
@@ -97,6 +105,13 @@ func (ks keyspace) shard(lockKey string) string {
 		return ks.prefix + "locks"
 	}
 	return ks.prefix + "locks{" + slotTag(keySlot(lockKey)) + "}"
+}
+
+func (ks keyspace) releaseTimes(lockKey string) string {
+	if !ks.cluster {
+		return ks.prefix + "locks:released"
+	}
+	return ks.prefix + "locks:released{" + slotTag(keySlot(lockKey)) + "}"
 }
 
 // pull names a pull's index and the set an UnlockByPull moves it to; both
@@ -125,11 +140,20 @@ func (ks keyspace) related(kind, base string) string {
 	return ks.prefix + kind + "{" + tag + "}" + base
 }
 
-// ValidateKeyPrefix reports whether prefix can be prepended to every key
-// without separating a lock from its related keys in Redis Cluster. A prefix
-// may not contain braces, except as a complete, non-empty hash tag such as
-// "{atlantis}:", which puts every key in one slot.
+// upstreamScanPrefix is what upstream's Redis database's List scans for.
+const upstreamScanPrefix = "pr"
+
+// ValidateKeyPrefix reports whether prefix can be prepended to every key. A
+// prefix may not contain braces, except as a complete, non-empty hash tag such
+// as "{atlantis}:", which puts every key in one slot: other braces would
+// separate a lock from its related keys in Redis Cluster. And it may not make
+// our keys look like upstream's locks to upstream's scan of "pr*".
 func ValidateKeyPrefix(prefix string) error {
+	if strings.HasPrefix(prefix, upstreamScanPrefix) {
+		return fmt.Errorf("key prefix %q starts with %q: upstream's Redis database lists its locks by scanning "+
+			"\"%s*\", so on a shared Redis and database it would read our keys as locks and fail; "+
+			"choose a prefix that does not start with %q, e.g. \"atlantis-%s\"", prefix, upstreamScanPrefix, upstreamScanPrefix, upstreamScanPrefix, prefix)
+	}
 	open := strings.IndexByte(prefix, '{')
 	if open < 0 {
 		return nil

@@ -2,7 +2,10 @@ package backends
 
 import (
 	"context"
+	"strings"
 	"testing"
+
+	"github.com/runatlantis/atlantis/server/events/command"
 
 	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
@@ -36,7 +39,7 @@ func TestRelatedKeysShareTheLockKeySlot(t *testing.T) {
 			slot := keySlot(k.lock)
 			for _, related := range k.script()[1:] {
 				Equals(t, slot, keySlot(related))
-				if related == k.shard {
+				if related == k.shard || related == k.releaseTimes {
 					continue // shared by the locks of a slot, by design
 				}
 				if other, dup := seen[related]; dup {
@@ -53,7 +56,6 @@ func TestRelatedKeysShareTheLockKeySlot(t *testing.T) {
 func TestOrdinaryNamesKeepReadableKeys(t *testing.T) {
 	k := keyspace{}.forProject(models.Project{RepoFullName: "org/repo", Path: "dir"}, "default")
 	Equals(t, "pr/org/repo/dir/default/", k.lock)
-	Equals(t, "o{pr/org/repo/dir/default/}", k.owner)
 	Equals(t, "w{pr/org/repo/dir/default/}", k.queue)
 	index, _ := keyspace{}.pull("org/repo", 12)
 	Equals(t, "pull{org/repo::12}", index)
@@ -71,10 +73,38 @@ func TestValidateKeyPrefix(t *testing.T) {
 		{"x{", false},
 		{"{}x", false},
 		{"a{b", false},
+		// Upstream's List scans "pr*" and decodes every match as a lock.
+		{"pr", false},
+		{"prod:", false},
+		{"pr/", false},
+		{"p", true},
+		{"PROD:", true}, // SCAN MATCH is case-sensitive
 	}
 	for _, c := range cases {
 		err := ValidateKeyPrefix(c.prefix)
 		Assert(t, (err == nil) == c.valid, "prefix %q: valid=%v, err=%v", c.prefix, c.valid, err)
+	}
+}
+
+// TestNoKeyMatchesUpstreamScans: upstream's Redis database scans "pr*" for
+// its List and decodes every match as a lock, so with any valid prefix no key
+// of ours but a lock key may match it, in either key layout.
+func TestNoKeyMatchesUpstreamScans(t *testing.T) {
+	for _, prefix := range []string{"", "p", "x:", "{atlantis}:", "PR"} {
+		Ok(t, ValidateKeyPrefix(prefix))
+		for _, cluster := range []bool{false, true} {
+			ks := keyspace{prefix: prefix, cluster: cluster}
+			for _, p := range oddProjects {
+				k := ks.forProject(p.project, p.workspace)
+				index, closing := ks.pull(p.project.RepoFullName, 7)
+				keys := append(k.script(), k.channel, index, closing, ks.shards(), ks.command(command.Apply))
+				for _, key := range keys {
+					matches := strings.HasPrefix(key, upstreamScanPrefix)
+					isUpstreamLock := prefix == "" && key == k.lock
+					Assert(t, matches == isUpstreamLock, "prefix %q: key %q matches upstream's %q*: %v", prefix, key, upstreamScanPrefix, matches)
+				}
+			}
+		}
 	}
 }
 

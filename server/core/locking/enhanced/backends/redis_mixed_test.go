@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
+	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
@@ -39,9 +41,9 @@ func TestMixedFleet(t *testing.T) {
 		Ok(t, err)
 		enhancedtest.EqualLockSets(t, []models.ProjectLock{held}, listed)
 
-		// Upstream keeps no per-pull index: Reindex (run at start-up) puts
+		// Upstream keeps no per-pull index: ScanForUnindexedLocks (run in the background) puts
 		// its locks in ours, so UnlockByPull finds them.
-		_, err = ours.Reindex(ctx)
+		_, err = ours.ScanForUnindexedLocks(ctx)
 		Ok(t, err)
 		released, err := ours.UnlockByPull(ctx, "org/repo", 1)
 		Ok(t, err)
@@ -152,8 +154,8 @@ func TestMixedFleet(t *testing.T) {
 	})
 }
 
-// A lock upstream created is in none of our indexes until Reindex finds it.
-func TestReindexFindsUpstreamLocks(t *testing.T) {
+// A lock upstream created is in none of our indexes until ScanForUnindexedLocks finds it.
+func TestScanFindsUpstreamLocks(t *testing.T) {
 	for name, start := range map[string]func(t *testing.T) (*Redis, func(models.ProjectLock)){
 		"standalone": func(t *testing.T) (*Redis, func(models.ProjectLock)) {
 			client := redistest.Start(t).Client(t)
@@ -186,7 +188,7 @@ func TestReindexFindsUpstreamLocks(t *testing.T) {
 			Ok(t, err)
 			Equals(t, 0, len(listed))
 
-			found, err := r.Reindex(ctx)
+			found, err := r.ScanForUnindexedLocks(ctx)
 			Ok(t, err)
 			Equals(t, len(want), found)
 			listed, err = r.List(ctx)
@@ -197,4 +199,83 @@ func TestReindexFindsUpstreamLocks(t *testing.T) {
 			Equals(t, len(want)/2, len(released))
 		})
 	}
+}
+
+// Upstream's Redis database on the same Redis and database as a prefixed
+// keyspace (the legacy store beside enhanced locking, or after a rollback)
+// lists and releases by pull without meeting a key of ours while every kind
+// of key exists. A prefix that would make our keys match its scan is refused.
+func TestUpstreamScansIgnoreOurKeys(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.Start(t).Client(t)
+	upstream := newUpstreamRedis(t, client)
+	for _, prefix := range []string{"prod:", "atlantis-prod:"} {
+		t.Run(prefix, func(t *testing.T) {
+			flush(t, client)
+			ours, err := NewRedis(client, RedisOptions{KeyPrefix: prefix})
+			if err != nil {
+				Assert(t, strings.HasPrefix(prefix, "pr"), "prefix %q refused: %s", prefix, err)
+				ErrContains(t, `choose a prefix that does not start with "pr"`, err)
+				return
+			}
+			t.Cleanup(func() { _ = ours.Close() })
+
+			held := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+			mustTryLock(t, ours, held)
+			waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
+			waitDone := make(chan struct{})
+			go func() {
+				defer close(waitDone)
+				_, _, _ = ours.TryLockWithTimeout(ctx, enhancedtest.Request(waiting), 10*time.Second)
+			}()
+			enhancedtest.AwaitQueue(t, ours, held, 1)
+			_, err = ours.UnlockIfOwnedByPull(ctx, held.Project, held.Workspace, 1) // a release record
+			Ok(t, err)
+			<-waitDone
+			_, err = ours.LockCommand(ctx, command.Apply, time.Now())
+			Ok(t, err)
+			byUpstream := enhancedtest.NewLock("org/repo", "upstream", "default", "", 3)
+			acquired, _, err := upstream.TryLock(byUpstream)
+			Ok(t, err)
+			Assert(t, acquired, "upstream could not lock")
+
+			listed, err := upstream.List()
+			Ok(t, err)
+			enhancedtest.EqualLockSets(t, []models.ProjectLock{byUpstream}, listed)
+			released, err := upstream.UnlockByPull("org/repo", 3)
+			Ok(t, err)
+			Equals(t, 1, len(released))
+		})
+	}
+}
+
+// Locks a replica without enhanced locking wrote are counted once each, with
+// the latest named, however often they are read; ours are not counted.
+func TestNonEnhancedWritesAreReported(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.Start(t).Client(t)
+	scope := tally.NewTestScope("", nil)
+	ours := newTestRedis(t, client, RedisOptions{Scope: scope})
+	upstream := newUpstreamRedis(t, client)
+	mustTryLock(t, ours, enhancedtest.NewLock("org/repo", "ours", "default", "", 1))
+	Equals(t, int64(0), ours.NonEnhancedWrites().Locks)
+
+	theirs := enhancedtest.NewLock("org/repo", "theirs", "default", "", 2)
+	acquired, _, err := upstream.TryLock(theirs)
+	Ok(t, err)
+	Assert(t, acquired, "upstream could not lock")
+	for range 3 {
+		_, err = ours.GetLock(ctx, theirs.Project, theirs.Workspace)
+		Ok(t, err)
+		acquired, _, err = ours.TryLock(ctx, enhancedtest.Request(enhancedtest.NewLock("org/repo", "theirs", "default", "", 3)))
+		Ok(t, err)
+		Assert(t, !acquired, "took a held lock")
+		_, err = ours.List(ctx)
+		Ok(t, err)
+	}
+	seen := ours.NonEnhancedWrites()
+	Equals(t, int64(1), seen.Locks)
+	Equals(t, "pr/org/repo/theirs/default/", seen.LastKey)
+	Assert(t, !seen.LastSeen.IsZero(), "no time")
+	Equals(t, int64(1), scope.Snapshot().Counters()["non_enhanced_lock_writes_total+"].Value())
 }

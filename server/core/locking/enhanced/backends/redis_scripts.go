@@ -3,6 +3,7 @@ package backends
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
@@ -88,12 +89,13 @@ type scriptCall struct {
 // own error is on its command.
 func runAll(ctx context.Context, c redis.Cmdable, calls []scriptCall) []*redis.Cmd {
 	cmds := make([]*redis.Cmd, len(calls))
-	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	sent, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, call := range calls {
 			cmds[i] = call.script.EvalSha(ctx, p, call.keys, call.args...)
 		}
 		return nil
 	})
+	failUnanswered(sent, err)
 	var missing []int
 	for i, cmd := range cmds {
 		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
@@ -103,11 +105,28 @@ func runAll(ctx context.Context, c redis.Cmdable, calls []scriptCall) []*redis.C
 	if len(missing) == 0 {
 		return cmds
 	}
-	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+	sent, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, i := range missing {
 			cmds[i] = calls[i].script.Eval(ctx, p, calls[i].keys, calls[i].args...)
 		}
 		return nil
 	})
+	failUnanswered(sent, err)
 	return cmds
+}
+
+// failUnanswered gives err, the pipeline's own error, to every command of it
+// without one, unless err is a reply to one of them. go-redis leaves commands
+// so when its retries run out on a network error, and such a command must not
+// read as an empty success; one whose reply did arrive is merely repeated.
+func failUnanswered(cmds []redis.Cmder, err error) {
+	var reply redis.Error
+	if err == nil || errors.As(err, &reply) {
+		return
+	}
+	for _, cmd := range cmds {
+		if cmd.Err() == nil {
+			cmd.SetErr(err)
+		}
+	}
 }

@@ -2,7 +2,6 @@ package backends
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -34,28 +33,41 @@ func (r *Redis) TryLockWithTimeout(ctx context.Context, req enhanced.LockRequest
 	if err != nil || acquired || timeout <= 0 {
 		return acquired, curr, err
 	}
-	value, err := json.Marshal(req.Lock)
+	w, err := r.newWaiter(req)
 	if err != nil {
-		return false, curr, fmt.Errorf("encoding lock: %w", err)
+		return false, curr, err
 	}
-	w := &waiter{
-		r:     r,
-		keys:  r.keys.forProject(req.Lock.Project, req.Lock.Workspace),
-		lock:  req.Lock,
-		token: newToken(),
-	}
-	w.args = []any{w.token, string(value), baseRepo(req.Lock), req.Lock.Pull.Num,
-		int(req.Priority), r.waiterTTL.Milliseconds(), w.keys.channel}
 	return w.wait(ctx, timeout, curr)
 }
 
-// waiter is one TryLockWithTimeout call queued for a lock.
+// waiter is one TryLockWithTimeout call queued for a lock. value is the lock
+// it installs when the lock is handed to it: its token makes it unique, so the
+// lock is this waiter's exactly while the stored value is value.
 type waiter struct {
 	r     *Redis
 	keys  lockKeys
 	lock  models.ProjectLock
 	token string
+	value string
 	args  []any
+}
+
+func (r *Redis) newWaiter(req enhanced.LockRequest) (*waiter, error) {
+	token := newToken()
+	value, err := encodeLock(req.Lock, token)
+	if err != nil {
+		return nil, err
+	}
+	w := &waiter{
+		r:     r,
+		keys:  r.keys.forProject(req.Lock.Project, req.Lock.Workspace),
+		lock:  req.Lock,
+		token: token,
+		value: value,
+	}
+	w.args = []any{w.token, w.value, baseRepo(req.Lock), req.Lock.Pull.Num,
+		int(req.Priority), r.waiterTTL.Milliseconds(), w.keys.channel}
+	return w, nil
 }
 
 func (w *waiter) wait(ctx context.Context, timeout time.Duration, curr models.ProjectLock) (bool, models.ProjectLock, error) {
@@ -133,7 +145,7 @@ func (w *waiter) check(ctx context.Context, curr models.ProjectLock) (bool, mode
 	if !reply.found {
 		return reply.status == statusYes, curr, nil
 	}
-	lock, err := decodeLock(w.keys.lock, reply.value)
+	lock, err := w.r.decodeLock(w.keys.lock, reply.value)
 	if err != nil {
 		return false, curr, err
 	}
@@ -146,21 +158,19 @@ func (w *waiter) check(ctx context.Context, curr models.ProjectLock) (bool, mode
 func (w *waiter) leave(ctx context.Context, keep bool, curr models.ProjectLock) (bool, models.ProjectLock, error) {
 	ctx, cancel := context.WithTimeout(ctx, leaveTimeout)
 	defer cancel()
-	keepArg := "0"
-	if keep {
-		keepArg = "1"
-	}
-	cmd := runAll(ctx, w.r.client, []scriptCall{{leaveScript, w.keys.script(), []any{w.token, keepArg, w.keys.channel}}})[0]
+	cmd := runAll(ctx, w.r.client, []scriptCall{leaveCall(w.keys, w.token, w.value, keep)})[0]
 	reply, err := parseReply(cmd)
 	if err != nil {
 		// The entry's liveness lapses within WaiterTTL and releases skip it; a
-		// lock handed to it meanwhile stays with this pull, in its index.
+		// lock handed to it meanwhile is given back once Redis answers, so the
+		// pull never holds it unknowingly.
+		w.r.abandon(w.keys, w.token, w.value)
 		return false, curr, redisError(fmt.Sprintf("leaving queue of lock %q", w.keys.lock), err)
 	}
 	if !reply.found {
 		return false, curr, nil
 	}
-	lock, err := decodeLock(w.keys.lock, reply.value)
+	lock, err := w.r.decodeLock(w.keys.lock, reply.value)
 	if err != nil {
 		return false, curr, err
 	}

@@ -2,7 +2,6 @@ package backends
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -19,21 +18,21 @@ import (
 // before it blocks; the test then plays the replica's part by hand.
 func queue(t testing.TB, r *Redis, lock models.ProjectLock, priority enhanced.Priority) *waiter {
 	t.Helper()
-	value, err := json.Marshal(lock)
+	w, err := r.newWaiter(enhanced.LockRequest{Lock: lock, Priority: priority})
 	Ok(t, err)
-	w := &waiter{r: r, keys: r.keys.forProject(lock.Project, lock.Workspace), lock: lock, token: newToken()}
-	w.args = []any{w.token, string(value), baseRepo(lock), lock.Pull.Num, int(priority), r.waiterTTL.Milliseconds(), w.keys.channel}
 	held, _, err := w.check(context.Background(), models.ProjectLock{})
 	Ok(t, err)
 	Assert(t, !held, "waiter got the lock at once")
 	return w
 }
 
-func ownerToken(t testing.TB, r *Redis, lock models.ProjectLock) string {
+// storedValue is the value at lock's key: the value of the acquisition or
+// waiter that holds it.
+func storedValue(t testing.TB, r *Redis, lock models.ProjectLock) string {
 	t.Helper()
-	token, err := r.client.Get(context.Background(), r.keys.forProject(lock.Project, lock.Workspace).owner).Result()
+	value, err := r.client.Get(context.Background(), r.keys.forProject(lock.Project, lock.Workspace).lock).Result()
 	Ok(t, err)
-	return token
+	return value
 }
 
 func TestCrashedWaiterIsSkipped(t *testing.T) {
@@ -87,7 +86,7 @@ func TestWaiterHandedTheLockAsItTimesOutKeepsIt(t *testing.T) {
 	w := queue(t, r, waiting, enhanced.PriorityNormal)
 	_, err := r.Unlock(ctx, holder.Project, holder.Workspace)
 	Ok(t, err)
-	Equals(t, w.token, ownerToken(t, r, waiting))
+	Equals(t, w.value, storedValue(t, r, waiting))
 
 	held, lock, err := w.leave(ctx, true, holder)
 	Ok(t, err)
@@ -110,13 +109,13 @@ func TestWaiterHandedTheLockAsItIsCancelledPassesItOn(t *testing.T) {
 	second := queue(t, r, secondLock, enhanced.PriorityNormal)
 	_, err := r.Unlock(ctx, holder.Project, holder.Workspace)
 	Ok(t, err)
-	Equals(t, first.token, ownerToken(t, r, holder))
+	Equals(t, first.value, storedValue(t, r, holder))
 
 	held, curr, err := first.leave(ctx, false, holder)
 	Ok(t, err)
 	Assert(t, !held, "cancelled waiter kept the lock")
 	enhancedtest.EqualLocks(t, secondLock, curr)
-	Equals(t, second.token, ownerToken(t, r, holder))
+	Equals(t, second.value, storedValue(t, r, holder))
 }
 
 // A waiter whose token no longer owns the lock must not free it for the
@@ -193,4 +192,30 @@ func mustTryLock(t testing.TB, r *Redis, lock models.ProjectLock) {
 	acquired, _, err := r.TryLock(context.Background(), enhancedtest.Request(lock))
 	Ok(t, err)
 	Assert(t, acquired, "lock not acquired")
+}
+
+// A lock handed to a waiter, then deleted outside our scripts (an upstream
+// replica's Unlock, an operator's DEL) and taken by another pull, is not the
+// waiter's: ownership is judged from the lock, not from a key that outlived it.
+func TestWaiterIsNeverToldItHoldsAnotherPullsLock(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.Start(t).Client(t)
+	r := newTestRedis(t, client, RedisOptions{})
+	upstream := newUpstreamRedis(t, client)
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	w := queue(t, r, enhancedtest.NewLock("org/repo", "dir", "default", "", 2), enhanced.PriorityNormal)
+	_, err := r.Unlock(ctx, holder.Project, holder.Workspace) // handed to the waiter
+	Ok(t, err)
+	_, err = upstream.Unlock(holder.Project, holder.Workspace) // an upstream replica frees it
+	Ok(t, err)
+	other := enhancedtest.NewLock("org/repo", "dir", "default", "", 3)
+	acquired, _, err := upstream.TryLock(other)
+	Ok(t, err)
+	Assert(t, acquired, "upstream pull could not take the free lock")
+
+	held, curr, err := w.check(ctx, holder)
+	Ok(t, err)
+	Assert(t, !held, "waiter told it holds pull #%d's lock", curr.Pull.Num)
+	Equals(t, 3, curr.Pull.Num)
 }

@@ -1,21 +1,24 @@
 -- Takes the lock when it is free; reports it taken when the same pull holds it.
--- ARGV: 1 lock value, 2 token, 3 pull base repo, 4 pull number
+-- ARGV: 1 lock value with this acquisition's token, 2 pull base repo,
+--       3 pull number, 4 this acquisition's token
 -- Returns {1, lock now held}, {0, current lock}, or {-1, stored value} when
--- the stored lock is corrupt, which is never overwritten.
+-- the stored lock is corrupt, which is never overwritten. Running it again
+-- with the same arguments answers the same (a lock it took is now held by
+-- the same pull and is adopted again), so a call whose reply was lost can be
+-- repeated to learn its outcome.
 local current = redis.call('GET', KEYS[1])
 if not current then
   redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2])
-  redis.call('SADD', KEYS[6], KEYS[1])
+  redis.call('SADD', KEYS[5], KEYS[1])
   return {1, ARGV[1]}
 end
 -- Indexing here also picks up locks an upstream replica created.
-redis.call('SADD', KEYS[6], KEYS[1])
+redis.call('SADD', KEYS[5], KEYS[1])
 local lock = decode(current)
 if not lock then
   return {-1, current}
 end
-if same_pull(lock, ARGV[3], ARGV[4]) then
-  return {1, current}
+if same_pull(lock, ARGV[2], ARGV[3]) then
+  return {1, adopt(current, ARGV[4])}
 end
 return {0, current}

@@ -1,12 +1,17 @@
 -- Prepended to every lock script. All of them take the same KEYS, which hash
 -- to one cluster slot:
---   KEYS[1] lock key (upstream's key, JSON of models.ProjectLock)
---   KEYS[2] owner token of the current acquisition
---   KEYS[3] waiter queue: ZSET token -> priority band + arrival
---   KEYS[4] waiter liveness deadlines: HASH token -> unix ms
---   KEYS[5] waiter lock values: HASH token -> JSON to install on handoff
---   KEYS[6] global index shard holding lock keys of this slot
---   KEYS[7] record of the last release, to answer a retried release
+--   KEYS[1] lock key (upstream's key; the value is upstream's JSON of the lock
+--           plus the acquisition token, see redis_value.go)
+--   KEYS[2] waiter queue: ZSET token -> priority band + arrival
+--   KEYS[3] waiter liveness deadlines: HASH token -> unix ms
+--   KEYS[4] waiter lock values: HASH token -> value to install on handoff
+--   KEYS[5] global index shard holding lock keys of this slot
+--   KEYS[6] record of the last release, to answer a retried release
+--   KEYS[7] release times of this slot's locks: HASH lock key -> unix ms
+--
+-- Ownership is judged from the lock value alone: an acquisition holds the
+-- lock while the stored value is the one it wrote, whose token makes it
+-- unique.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -34,38 +39,61 @@ local function same_pull(lock, repo, pull)
   return full == repo and tonumber(p['Num']) == tonumber(pull)
 end
 
-local function forget_waiter(token)
-  redis.call('ZREM', KEYS[3], token)
-  redis.call('HDEL', KEYS[4], token)
-  redis.call('HDEL', KEYS[5], token)
+-- with_token returns a lock value owned by token: the stored value with its
+-- token replaced, or added when a replica without enhanced locking wrote it.
+local token_field = ',"EnhancedLockToken":"'
+local function with_token(value, token)
+  local at = string.find(value, token_field, 1, true)
+  if not at then
+    at = string.find(value, '}%s*$')
+  end
+  return string.sub(value, 1, at - 1) .. token_field .. token .. '"}'
 end
 
--- handoff gives the lock to the best live waiter, or frees it when none is
--- alive. A waiter whose deadline passed has crashed or lost Redis: it is
--- dropped here, which is how a dead replica leaves the queue. The lock never
--- goes through a free state while a live waiter exists, so nobody can take it
--- in between. Returns the new holder's token, or false.
+-- adopt makes the caller's acquisition the owner of a lock its pull already
+-- holds, and returns the new value. An earlier acquisition of the pull that
+-- is being given back (its caller failed) then no longer matches the stored
+-- value, so giving it back cannot free the lock this caller now relies on.
+local function adopt(current, token)
+  local value = with_token(current, token)
+  redis.call('SET', KEYS[1], value)
+  return value
+end
+
+local function forget_waiter(token)
+  redis.call('ZREM', KEYS[2], token)
+  redis.call('HDEL', KEYS[3], token)
+  redis.call('HDEL', KEYS[4], token)
+end
+
+-- handoff ends the current holding: it records when, so that a stale copy of
+-- the lock elsewhere (a replica's legacy database) is never imported back,
+-- and gives the lock to the best live waiter, or frees it when none is alive.
+-- A waiter whose deadline passed has crashed or lost Redis: it is dropped
+-- here, which is how a dead replica leaves the queue. The lock never goes
+-- through a free state while a live waiter exists, so nobody can take it in
+-- between. Returns the new holder's token, or false.
 local function handoff(channel)
   local now = now_ms()
+  redis.call('HSET', KEYS[7], KEYS[1], now)
   while true do
-    local head = redis.call('ZPOPMIN', KEYS[3])
+    local head = redis.call('ZPOPMIN', KEYS[2])
     if #head == 0 then
       break
     end
     local token = head[1]
-    local deadline = tonumber(redis.call('HGET', KEYS[4], token))
-    local value = redis.call('HGET', KEYS[5], token)
+    local deadline = tonumber(redis.call('HGET', KEYS[3], token))
+    local value = redis.call('HGET', KEYS[4], token)
+    redis.call('HDEL', KEYS[3], token)
     redis.call('HDEL', KEYS[4], token)
-    redis.call('HDEL', KEYS[5], token)
     if deadline and value and deadline >= now then
       redis.call('SET', KEYS[1], value)
-      redis.call('SET', KEYS[2], token)
-      redis.call('SADD', KEYS[6], KEYS[1])
+      redis.call('SADD', KEYS[5], KEYS[1])
       redis.call('PUBLISH', channel, token)
       return token
     end
   end
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('SREM', KEYS[6], KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[5], KEYS[1])
   return false
 end

@@ -8,7 +8,7 @@
 -- record of the call's outcome, the retry would release whoever took the lock
 -- in between.
 local id = ARGV[2]
-local last = redis.call('GET', KEYS[7])
+local last = redis.call('GET', KEYS[6])
 if last and string.sub(last, 1, #id + 1) == id .. '\n' then
   local released = string.sub(last, #id + 2)
   if released == '' then
@@ -29,12 +29,12 @@ if current then
   end
 end
 if not current then
-  redis.call('SREM', KEYS[6], KEYS[1])
+  redis.call('SREM', KEYS[5], KEYS[1])
 end
 if not lock then
-  redis.call('SET', KEYS[7], id .. '\n', 'PX', 60000)
+  redis.call('SET', KEYS[6], id .. '\n', 'PX', 60000)
   return {0}
 end
-redis.call('SET', KEYS[7], id .. '\n' .. current, 'PX', 60000)
+redis.call('SET', KEYS[6], id .. '\n' .. current, 'PX', 60000)
 handoff(ARGV[3])
 return {1, current}

@@ -1,13 +1,16 @@
 -- Registers a waiter, refreshes its liveness, and tells it whether it holds the
 -- lock. Called when the wait starts, on every heartbeat and on a notification,
 -- so a lost notification costs at most one heartbeat interval.
--- ARGV: 1 token, 2 lock value, 3 pull base repo, 4 pull number, 5 priority,
---       6 liveness ttl ms, 7 handoff channel
+-- ARGV: 1 token, 2 this waiter's lock value (with its token), 3 pull base
+--       repo, 4 pull number, 5 priority, 6 liveness ttl ms, 7 handoff channel
 -- Returns {1, lock held} or {0, current lock or nil}; {-1, value} if corrupt.
 local token = ARGV[1]
 local current = redis.call('GET', KEYS[1])
 if current then
-  if redis.call('GET', KEYS[2]) == token then
+  -- Handed to this waiter: the lock is the value it registered. A lock
+  -- handed to it and then deleted outside our scripts is gone with that
+  -- value, so another pull's lock is never taken for this waiter's.
+  if current == ARGV[2] then
     return {1, current}
   end
   local lock = decode(current)
@@ -16,22 +19,22 @@ if current then
   end
   if same_pull(lock, ARGV[3], ARGV[4]) then
     forget_waiter(token)
-    return {1, current}
+    return {1, adopt(current, token)}
   end
 end
 
 local now = now_ms()
-if not redis.call('ZSCORE', KEYS[3], token) then
+if not redis.call('ZSCORE', KEYS[2], token) then
   -- Higher priority sorts first; within a priority, earlier arrival (server
   -- clock, microseconds since 2023-11-14) sorts first. Bands are 1e15 us
   -- (31 years) apart and every score stays below 2^53, so it is exact.
   local t = redis.call('TIME')
   local arrival = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
   local score = -tonumber(ARGV[5]) * 1e15 + arrival
-  redis.call('ZADD', KEYS[3], string.format('%.0f', score), token)
-  redis.call('HSET', KEYS[5], token, ARGV[2])
+  redis.call('ZADD', KEYS[2], string.format('%.0f', score), token)
+  redis.call('HSET', KEYS[4], token, ARGV[2])
 end
-redis.call('HSET', KEYS[4], token, now + tonumber(ARGV[6]))
+redis.call('HSET', KEYS[3], token, now + tonumber(ARGV[6]))
 
 if not current then
   -- Free while waiters exist: the holder vanished without a handoff (deleted by
