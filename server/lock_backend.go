@@ -3,20 +3,17 @@ package server
 import (
 	"context"
 	"fmt"
-	"net"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	upstream "github.com/runatlantis/atlantis/server"
-	"github.com/runatlantis/atlantis/server/core/db"
 	"github.com/runatlantis/atlantis/server/logging"
 	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
 )
 
@@ -38,7 +35,7 @@ type lockBackend struct {
 	describe           string
 }
 
-func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, legacy db.Database, logger logging.SimpleLogging, scope tally.Scope) (*lockBackend, error) {
+func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, legacy *legacydb.Guarded, logger logging.SimpleLogging, scope tally.Scope) (*lockBackend, error) {
 	switch cfg.Backend {
 	case BackendBoltDB:
 		return &lockBackend{
@@ -65,11 +62,15 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 		if err != nil {
 			return nil, fmt.Errorf("enhanced locking: %w", err)
 		}
-		shared := sharesLegacyLocks(cfg, userConfig)
 		backend, err := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger, Scope: scope})
 		if err != nil {
 			client.Close() // nolint: errcheck
 			return nil, fmt.Errorf("invalid --enhanced-locking-redis-key-prefix: %w", err)
+		}
+		shared, err := sharesLegacyLocks(ctx, client, r.KeyPrefix, userConfig.LockingDBType, legacy)
+		if err != nil {
+			client.Close() // nolint: errcheck
+			return nil, fmt.Errorf("enhanced locking: %w", err)
 		}
 		return &lockBackend{
 			Backend:            backend,
@@ -82,26 +83,6 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 	default:
 		return nil, fmt.Errorf("unknown enhanced locking backend %q: use boltdb or redis", cfg.Backend)
 	}
-}
-
-// sharesLegacyLocks says whether upstream's own Redis database reads and
-// writes the very keys the enhanced backend does: same Redis, same database,
-// no key prefix. Then there is nothing to mirror or import, and a rollback
-// finds every lock where upstream looks for it.
-func sharesLegacyLocks(cfg EnhancedLockingConfig, userConfig upstream.UserConfig) bool {
-	if userConfig.LockingDBType != BackendRedis || cfg.Redis.KeyPrefix != "" || cfg.Redis.DB != userConfig.RedisDB {
-		return false
-	}
-	upstreamAddrs := strings.Split(userConfig.RedisClusterAddresses, ",")
-	if userConfig.RedisClusterAddresses == "" {
-		upstreamAddrs = []string{net.JoinHostPort(userConfig.RedisHost, strconv.Itoa(userConfig.RedisPort))}
-	}
-	for _, a := range upstreamAddrs {
-		if slices.Contains(cfg.Redis.Addrs, strings.TrimSpace(a)) {
-			return true
-		}
-	}
-	return false
 }
 
 // Scans for locks written by replicas without enhanced locking: how often,
@@ -150,6 +131,14 @@ func (b *lockBackend) Close() error {
 		}
 	}
 	return err
+}
+
+// reportUnavailable tells the health checker at once that an operation found
+// Redis out of reach; only its pings say when Redis is back.
+func (b *lockBackend) reportUnavailable(err error) {
+	if b.health != nil {
+		b.health.ReportFailure(err)
+	}
 }
 
 // status is the backend's health as /healthz shows it.

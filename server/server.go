@@ -5,6 +5,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
 )
 
@@ -49,13 +51,28 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 	return s, nil
 }
 
-func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) error {
+// fallbackJournalFile, in the data dir, names the locks a BoltDB fallback
+// changed until they are replayed into Redis.
+const fallbackJournalFile = "enhanced-locking-fallback.journal"
+
+func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) error {
+	// Made before anything else uses the database: every enhanced component
+	// reaches the legacy locks through this one guard.
+	legacy, err := legacydb.Guard(database)
+	if err != nil {
+		return fmt.Errorf("enhanced locking: %w", err)
+	}
 	scope := s.StatsScope.SubScope("enhanced")
 	backend, err := newLockBackend(s.Config, userConfig, legacy, s.Logger, scope)
 	if err != nil {
 		return err
 	}
 	s.backend = backend
+	journal, err := enhanced.OpenFallbackJournal(filepath.Join(userConfig.DataDir, fallbackJournalFile))
+	if err != nil {
+		backend.Close() // nolint: errcheck
+		return fmt.Errorf("enhanced locking: %w", err)
+	}
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,
 		SeparateLegacyLocks: backend.separateFromLegacy,
@@ -63,6 +80,8 @@ func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) erro
 		FallbackToLegacy:    s.Config.Fallback.Mode == FallbackBoltDB,
 		WaitTimeout:         s.Config.Features.WaitTimeout,
 		Retry:               retryPolicy(s.Config.Features),
+		FallbackJournal:     journal,
+		BackendUnavailable:  backend.reportUnavailable,
 		Logger:              s.Logger,
 		Scope:               scope,
 		Events:              enhanced.PublisherFunc(s.logEvent),
@@ -71,6 +90,11 @@ func (s *Server) enable(userConfig upstream.UserConfig, legacy db.Database) erro
 		backend.health.OnChange(func(_, now healthReport) {
 			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
 		})
+	}
+	if err := s.Adapter.ReplayFallbackJournal(); err != nil {
+		backend.Close() // nolint: errcheck
+		return fmt.Errorf("enhanced locking: the locks a fallback changed before the last stop (%s) could not be copied into %s: %w; "+
+			"start again once it answers, and the copy is made then", filepath.Join(userConfig.DataDir, fallbackJournalFile), s.Config.Backend, err)
 	}
 	if r, ok := backend.Backend.(*backends.Redis); ok {
 		s.repairIndexes(r)

@@ -52,9 +52,12 @@ type HealthChecker struct {
 	scope           tally.Scope
 
 	// checkMu serialises checks so each OnChange sees old and new in order.
-	checkMu   sync.Mutex
-	mu        sync.Mutex
-	last      HealthReport
+	checkMu sync.Mutex
+	mu      sync.Mutex
+	last    HealthReport
+	// failedAt is when a lock operation last reported Redis out of reach; a
+	// ping that started before it cannot vouch for Redis.
+	failedAt  time.Time
 	listeners []func(old, new HealthReport)
 	started   bool
 }
@@ -128,12 +131,19 @@ func (h *HealthChecker) Check(ctx context.Context) HealthReport {
 	h.checkMu.Lock()
 	defer h.checkMu.Unlock()
 
+	started := time.Now()
 	pingCtx, cancel := context.WithTimeout(ctx, h.interval)
 	latency, err := h.ping(pingCtx)
 	cancel()
 
 	h.mu.Lock()
 	old := h.last
+	if err == nil && !h.failedAt.Before(started) {
+		// A lock operation failed while this ping was under way: its answer
+		// may predate the failure, so it cannot clear it.
+		h.mu.Unlock()
+		return old
+	}
 	report := HealthReport{Status: HealthHealthy, Latency: latency, CheckedAt: time.Now()}
 	switch {
 	case err != nil:
@@ -154,6 +164,27 @@ func (h *HealthChecker) Check(ctx context.Context) HealthReport {
 		}
 	}
 	return report
+}
+
+// ReportFailure records that a real operation found Redis out of reach, so the
+// health says so at once instead of at the next ping; only a ping that starts
+// after it can report Redis healthy again. Listeners run as for a check.
+func (h *HealthChecker) ReportFailure(err error) {
+	h.mu.Lock()
+	old := h.last
+	now := time.Now()
+	h.failedAt = now
+	report := HealthReport{Status: HealthUnhealthy, LastError: err.Error(), CheckedAt: now, ConsecutiveFailures: old.ConsecutiveFailures + 1}
+	h.last = report
+	listeners := append([]func(old, new HealthReport){}, h.listeners...)
+	h.mu.Unlock()
+
+	h.scope.Gauge(metricHealthStatus).Update(statusValue(report.Status))
+	if old.Status != report.Status {
+		for _, fn := range listeners {
+			fn(old, report)
+		}
+	}
 }
 
 // ping measures a round trip. In a cluster every master must answer: a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/runatlantis/atlantis/server/core/db"
@@ -12,6 +13,8 @@ import (
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
 	tally "github.com/uber-go/tally/v4"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
 // AdapterOptions configures an Adapter. The zero value routes every lock to
@@ -40,36 +43,47 @@ type AdapterOptions struct {
 	// OperationTimeout bounds each backend call, waits excluded.
 	OperationTimeout time.Duration
 	Retry            RetryPolicy
-	Logger           logging.SimpleLogging
-	Scope            tally.Scope
-	Events           Publisher
+	// FallbackJournal records durably what a fallback changed, for the replay
+	// to survive a crash; nil keeps it in memory.
+	FallbackJournal *FallbackJournal
+	// BackendUnavailable hears at once of every operation that found the
+	// backend out of reach, so health reports do not wait for the next ping.
+	BackendUnavailable func(error)
+	Logger             logging.SimpleLogging
+	Scope              tally.Scope
+	Events             Publisher
 }
 
 // Adapter is upstream's db.Database with lock operations served by an enhanced
 // Backend. Pull status stays in the legacy database upstream created, so
 // installing it changes where locks live and nothing else.
 type Adapter struct {
-	legacy  db.Database
+	legacy  *legacydb.Guarded
 	backend Backend
 	opts    AdapterOptions
 	metrics adapterMetrics
 
-	// mu is held for reading by every lock operation and for writing while the
-	// mode changes, so an operation runs entirely in one mode.
+	// The mode. fallback is read without any lock (ActiveBackend behind
+	// /healthz, a health report that changes nothing). mu is held for reading
+	// by each lock operation while it acts (a backend call and its legacy
+	// copy, or a fallback operation) and for writing while the mode changes,
+	// so an operation runs entirely in one mode. A bounded wait holds it
+	// before and after waiting, never while it waits, so a mode switch never
+	// waits for a wait.
 	mu       sync.RWMutex
-	fallback bool
-	// pending are the lock changes made in the legacy database during a
-	// fallback, replayed into the backend when it returns. pendingMu also
-	// serialises the fallback's legacy operations.
-	pendingMu sync.Mutex
-	pending   []pendingChange
+	fallback atomic.Bool
+	// fallbackMu serialises fallback operations, each of which reads the
+	// legacy state, journals what it will change, then changes it.
+	fallbackMu sync.Mutex
+	journal    *FallbackJournal
 }
 
 var _ db.Database = (*Adapter)(nil)
 
 // NewAdapter returns an Adapter routing locks to backend and pull status to
-// legacy.
-func NewAdapter(legacy db.Database, backend Backend, opts AdapterOptions) *Adapter {
+// legacy, the guard every enhanced component reaches the legacy database
+// through.
+func NewAdapter(legacy *legacydb.Guarded, backend Backend, opts AdapterOptions) *Adapter {
 	if opts.Scope == nil {
 		opts.Scope = tally.NoopScope
 	}
@@ -85,52 +99,91 @@ func NewAdapter(legacy db.Database, backend Backend, opts AdapterOptions) *Adapt
 	if opts.BackendName == "" {
 		opts.BackendName = "enhanced"
 	}
-	return &Adapter{legacy: &serializedDatabase{Database: legacy}, backend: backend, opts: opts, metrics: newAdapterMetrics(opts.Scope)}
+	if opts.BackendUnavailable == nil {
+		opts.BackendUnavailable = func(error) {}
+	}
+	if opts.FallbackJournal == nil {
+		opts.FallbackJournal, _ = OpenFallbackJournal("") // in memory: cannot fail
+	}
+	return &Adapter{legacy: legacy, backend: backend, opts: opts, metrics: newAdapterMetrics(opts.Scope), journal: opts.FallbackJournal}
 }
 
-// ActiveBackend names where lock operations go right now.
+// ActiveBackend names where lock operations go right now. It takes no lock,
+// so probes answer whatever the locking is doing.
 func (a *Adapter) ActiveBackend() string {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	if a.fallback {
+	if a.fallback.Load() {
 		return "legacy-fallback"
 	}
 	return a.opts.BackendName
 }
 
-// TryLock implements db.Database.
+// TryLock implements db.Database. With a wait timeout, a lock another pull
+// holds is waited for outside the mode lock (see Adapter.mu).
 func (a *Adapter) TryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
 	start := time.Now()
+	acquired, current, err := a.tryLock(lock)
+	a.metrics.recordTryLock(start, acquired, err)
+	if err != nil {
+		return false, models.ProjectLock{}, a.wrap("lock", err)
+	}
+	return acquired, current, nil
+}
+
+func (a *Adapter) tryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
+	req := LockRequest{Lock: lock, Priority: PriorityNormal}
 	var acquired bool
 	var current models.ProjectLock
-	err := a.run(func() error {
+	byBackend, err := a.run(func() error {
 		err := a.call(func(ctx context.Context) error {
 			var err error
-			req := LockRequest{Lock: lock, Priority: PriorityNormal}
-			if a.opts.WaitTimeout > 0 {
-				acquired, current, err = a.backend.TryLockWithTimeout(ctx, req, a.opts.WaitTimeout)
-			} else {
-				acquired, current, err = a.backend.TryLock(ctx, req)
-			}
+			acquired, current, err = a.backend.TryLock(ctx, req)
 			return err
-		}, a.opts.WaitTimeout)
+		}, 0)
 		if err == nil && acquired && a.opts.SeparateLegacyLocks {
 			a.mirrorLock(current)
 		}
 		return err
 	}, func() error {
 		var err error
-		acquired, current, err = a.legacy.TryLock(lock)
-		if err == nil && acquired {
-			a.remember(pendingChange{lock: current})
-		}
+		acquired, current, err = a.fallbackTryLock(lock)
 		return err
 	})
-	a.metrics.recordTryLock(start, acquired, err)
-	if err != nil {
-		return false, models.ProjectLock{}, a.wrap("lock", err)
+	if err != nil || acquired || !byBackend || a.opts.WaitTimeout <= 0 {
+		return acquired, current, err
 	}
-	return acquired, current, nil
+	return a.wait(req)
+}
+
+// wait waits for a lock another pull holds, holding no mode lock meanwhile,
+// then records a grant in whichever mode holds by then.
+func (a *Adapter) wait(req LockRequest) (bool, models.ProjectLock, error) {
+	var acquired bool
+	var current models.ProjectLock
+	err := a.call(func(ctx context.Context) error {
+		var err error
+		acquired, current, err = a.backend.TryLockWithTimeout(ctx, req, a.opts.WaitTimeout)
+		return err
+	}, a.opts.WaitTimeout)
+	if errors.Is(err, ErrBackendUnavailable) {
+		a.backendUnavailable(err)
+		if a.opts.FallbackToLegacy {
+			return a.tryLock(req.Lock)
+		}
+	}
+	if err != nil || !acquired {
+		return acquired, current, err
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if !a.fallback.Load() {
+		if a.opts.SeparateLegacyLocks {
+			a.mirrorLock(current)
+		}
+		return true, current, nil
+	}
+	a.fallbackMu.Lock()
+	defer a.fallbackMu.Unlock()
+	return a.grantedAfterFallingBack(current)
 }
 
 // Unlock implements db.Database. It releases by owner, not by key: a retry
@@ -156,7 +209,7 @@ func (a *Adapter) Unlock(project models.Project, workspace string) (*models.Proj
 // UnlockIfOwnedByPull implements db.Database.
 func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, pullNum int) (*models.ProjectLock, error) {
 	var lock *models.ProjectLock
-	err := a.run(func() error {
+	_, err := a.run(func() error {
 		err := a.call(func(ctx context.Context) error {
 			var err error
 			lock, err = a.backend.UnlockIfOwnedByPull(ctx, project, workspace, pullNum)
@@ -175,10 +228,7 @@ func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, 
 		return nil
 	}, func() error {
 		var err error
-		lock, err = a.legacy.UnlockIfOwnedByPull(project, workspace, pullNum)
-		if err == nil && lock != nil {
-			a.remember(pendingChange{lock: *lock, released: true})
-		}
+		lock, err = a.fallbackUnlock(project, workspace, pullNum)
 		return err
 	})
 	return lock, a.wrap("unlock", err)
@@ -187,7 +237,7 @@ func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, 
 // UnlockByPull implements db.Database.
 func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.ProjectLock, error) {
 	var locks []models.ProjectLock
-	err := a.run(func() error {
+	_, err := a.run(func() error {
 		err := a.call(func(ctx context.Context) error {
 			var err error
 			locks, err = a.backend.UnlockByPull(ctx, repoFullName, pullNum)
@@ -196,7 +246,7 @@ func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.Proje
 		if err != nil || !(a.opts.SeparateLegacyLocks || a.opts.SharedLegacyLocks) {
 			return err
 		}
-		legacyLocks, legacyErr := a.legacyUnlockByPull(repoFullName, pullNum)
+		legacyLocks, legacyErr := a.legacy.UnlockByPull(repoFullName, pullNum)
 		if legacyErr != nil {
 			a.mirrorFailed(nil, legacyErr)
 		}
@@ -204,10 +254,7 @@ func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.Proje
 		return nil
 	}, func() error {
 		var err error
-		locks, err = a.legacyUnlockByPull(repoFullName, pullNum)
-		for _, l := range locks {
-			a.remember(pendingChange{lock: l, released: true})
-		}
+		locks, err = a.fallbackUnlockByPull(repoFullName, pullNum)
 		return err
 	})
 	return locks, a.wrap("unlock", err)
@@ -216,7 +263,7 @@ func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.Proje
 // GetLock implements db.Database.
 func (a *Adapter) GetLock(project models.Project, workspace string) (*models.ProjectLock, error) {
 	var lock *models.ProjectLock
-	err := a.run(func() error {
+	_, err := a.run(func() error {
 		return a.call(func(ctx context.Context) error {
 			var err error
 			lock, err = a.backend.GetLock(ctx, project, workspace)
@@ -233,7 +280,7 @@ func (a *Adapter) GetLock(project models.Project, workspace string) (*models.Pro
 // List implements db.Database.
 func (a *Adapter) List() ([]models.ProjectLock, error) {
 	var locks []models.ProjectLock
-	err := a.run(func() error {
+	_, err := a.run(func() error {
 		err := a.call(func(ctx context.Context) error {
 			var err error
 			locks, err = a.backend.List(ctx)
@@ -257,12 +304,7 @@ func (a *Adapter) List() ([]models.ProjectLock, error) {
 // have no owner, so the legacy copy is a plain copy.
 func (a *Adapter) LockCommand(cmdName command.Name, lockTime time.Time) (*command.Lock, error) {
 	var lock *command.Lock
-	legacyLock := func() error {
-		var err error
-		lock, err = a.legacy.LockCommand(cmdName, lockTime)
-		return err
-	}
-	err := a.run(func() error {
+	_, err := a.run(func() error {
 		err := a.call(func(ctx context.Context) error {
 			var err error
 			lock, err = a.backend.LockCommand(ctx, cmdName, lockTime)
@@ -273,18 +315,19 @@ func (a *Adapter) LockCommand(cmdName command.Name, lockTime time.Time) (*comman
 		}
 		return err
 	}, func() error {
-		if err := legacyLock(); err != nil {
+		if err := a.journal.touchCommand(cmdName); err != nil {
 			return err
 		}
-		a.remember(pendingChange{isCommand: true, command: cmdName, lockTime: lockTime})
-		return nil
+		var err error
+		lock, err = a.legacy.LockCommand(cmdName, lockTime)
+		return err
 	})
 	return lock, a.wrap("lock command", err)
 }
 
 // UnlockCommand implements db.Database.
 func (a *Adapter) UnlockCommand(cmdName command.Name) error {
-	err := a.run(func() error {
+	_, err := a.run(func() error {
 		err := a.call(func(ctx context.Context) error {
 			return a.backend.UnlockCommand(ctx, cmdName)
 		}, 0)
@@ -293,11 +336,10 @@ func (a *Adapter) UnlockCommand(cmdName command.Name) error {
 		}
 		return err
 	}, func() error {
-		if err := a.legacy.UnlockCommand(cmdName); err != nil {
+		if err := a.journal.touchCommand(cmdName); err != nil {
 			return err
 		}
-		a.remember(pendingChange{isCommand: true, command: cmdName, released: true})
-		return nil
+		return a.legacy.UnlockCommand(cmdName)
 	})
 	return a.wrap("unlock command", err)
 }
@@ -305,7 +347,7 @@ func (a *Adapter) UnlockCommand(cmdName command.Name) error {
 // CheckCommandLock implements db.Database.
 func (a *Adapter) CheckCommandLock(cmdName command.Name) (*command.Lock, error) {
 	var lock *command.Lock
-	err := a.run(func() error {
+	_, err := a.run(func() error {
 		return a.call(func(ctx context.Context) error {
 			var err error
 			lock, err = a.backend.CheckCommandLock(ctx, cmdName)
@@ -360,59 +402,6 @@ func (a *Adapter) Ping() error {
 // which closes it.
 func (a *Adapter) Close() error {
 	return a.backend.Close()
-}
-
-// run performs one operation entirely in the active mode: enhanced (the
-// backend call and its legacy copy) or fallback (the legacy database). The
-// read lock keeps the mode from changing halfway, which would let a legacy
-// copy land after the fallback took over. If the backend turns out to be
-// unreachable and fallback is allowed, the operation runs again in fallback.
-func (a *Adapter) run(enhanced func() error, legacy func() error) error {
-	for {
-		a.mu.RLock()
-		if a.fallback {
-			// One legacy operation at a time, each recorded as it happens:
-			// the replay must see changes in the order the legacy database
-			// made them, or a release replayed after a later take would
-			// free a lock somebody holds.
-			a.pendingMu.Lock()
-			err := legacy()
-			a.pendingMu.Unlock()
-			a.mu.RUnlock()
-			return err
-		}
-		err := enhanced()
-		a.mu.RUnlock()
-		if !a.shouldFallBack(err) {
-			return err
-		}
-	}
-}
-
-// call runs op against the backend with a deadline of the operation timeout
-// plus wait, retrying while the backend is unreachable if the policy says so.
-func (a *Adapter) call(op func(context.Context) error, wait time.Duration) error {
-	return a.opts.Retry.do(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), a.opts.OperationTimeout+wait)
-		defer cancel()
-		return op(ctx)
-	})
-}
-
-// wrap turns an unreachable backend into the message an Atlantis user sees in
-// the pull request.
-func (a *Adapter) wrap(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, ErrBackendUnavailable) {
-		outcome := "nothing was changed"
-		if op == "lock" {
-			outcome = "no lock was granted"
-		}
-		return fmt.Errorf("enhanced locking could not %s: %s is unreachable, so %s; retry once it is back, or ask an operator to check it: %w", op, a.opts.BackendName, outcome, err)
-	}
-	return fmt.Errorf("enhanced locking could not %s: %w", op, err)
 }
 
 func mergeLocks(a, b []models.ProjectLock) []models.ProjectLock {

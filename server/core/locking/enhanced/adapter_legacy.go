@@ -9,38 +9,39 @@ import (
 	"github.com/runatlantis/atlantis/server/events/models"
 )
 
-// copyLock puts a lock from the legacy database into the backend, reporting a
-// conflict if another pull holds it there.
-func (a *Adapter) copyLock(ctx context.Context, lock models.ProjectLock) error {
-	acquired, current, err := a.backend.TryLock(ctx, LockRequest{Lock: lock, Priority: PriorityNormal})
-	if err != nil {
-		return err
-	}
-	if !acquired {
-		a.metrics.conflicts.Inc(1)
-		a.opts.Logger.Warn("enhanced locking: conflict for %s: the legacy database says pull #%d holds it but %s says pull #%d does; kept %s's, review pull #%d",
-			models.GenerateLockKey(lock.Project, lock.Workspace), lock.Pull.Num, a.opts.BackendName, current.Pull.Num, a.opts.BackendName, lock.Pull.Num)
-		a.opts.Events.Publish(Event{Type: EventLockConflict, Time: time.Now(), Lock: &lock, Current: &current})
-		if a.opts.SeparateLegacyLocks {
-			a.mirrorLock(current)
-		}
-	}
-	return nil
-}
-
 // ImportLegacyLocks copies every lock and the global apply lock from the
 // legacy database into the backend, so enabling enhanced locking on an
 // existing install keeps its locks. Copying a lock the same pull already holds
 // changes nothing, so it is safe to run at every start.
+//
+// A replica's legacy database only sees the releases made through that
+// replica, so with several replicas it keeps copies of locks another replica
+// released. A copy the backend released at or after the copy's acquisition
+// time is such a stale copy: it is not imported, and is removed from the
+// legacy database, so neither this start nor a rollback brings it back. Any
+// other lock was taken while enhanced locking was off and is imported; one
+// another pull holds in the backend is reported, never overwritten.
 func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 	locks, err := a.legacy.List()
 	if err != nil {
 		return 0, fmt.Errorf("listing legacy locks to import: %w", err)
 	}
-	for _, lock := range locks {
+	released := make([]time.Time, len(locks))
+	if history, ok := a.backend.(ReleaseHistory); ok && len(locks) > 0 {
+		if released, err = history.LastReleased(ctx, locks); err != nil {
+			return 0, a.wrap("import legacy lock", err)
+		}
+	}
+	imported := 0
+	for i, lock := range locks {
+		if !released[i].IsZero() && !released[i].Before(lock.Time.Truncate(time.Millisecond)) {
+			a.dropStaleCopy(lock, released[i])
+			continue
+		}
 		if err := a.copyLock(ctx, lock); err != nil {
 			return 0, a.wrap("import legacy lock", err)
 		}
+		imported++
 	}
 	applyLock, err := a.legacy.CheckCommandLock(command.Apply)
 	if err != nil {
@@ -51,7 +52,32 @@ func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 			return 0, a.wrap("import global apply lock", err)
 		}
 	}
-	return len(locks), nil
+	return imported, nil
+}
+
+// copyLock puts a lock from the legacy database into the backend, reporting a
+// conflict if another pull holds it there.
+func (a *Adapter) copyLock(ctx context.Context, lock models.ProjectLock) error {
+	acquired, current, err := a.backend.TryLock(ctx, LockRequest{Lock: lock, Priority: PriorityNormal})
+	if err != nil {
+		return err
+	}
+	if !acquired {
+		a.conflict(lock, current)
+	}
+	return nil
+}
+
+// dropStaleCopy removes from the legacy database a copy of a lock the backend
+// released after it was taken.
+func (a *Adapter) dropStaleCopy(lock models.ProjectLock, released time.Time) {
+	key := models.GenerateLockKey(lock.Project, lock.Workspace)
+	if _, err := a.legacy.UnlockIfOwnedByPull(lock.Project, lock.Workspace, lock.Pull.Num); err != nil {
+		a.mirrorFailed(&lock, err)
+		return
+	}
+	a.opts.Logger.Info("enhanced locking: not importing %s held by pull #%d since %s: %s released it at %s; removed the stale copy from the legacy database",
+		key, lock.Pull.Num, lock.Time.Format(time.RFC3339), a.opts.BackendName, released.Format(time.RFC3339))
 }
 
 // releaseCommandLock frees a command lock in the backend if it is taken
@@ -123,28 +149,4 @@ func (a *Adapter) mirrorFailed(lock *models.ProjectLock, err error) {
 	a.metrics.mirrorFailures.Inc(1)
 	a.opts.Logger.Warn("enhanced locking: could not copy a lock change into the legacy database (a rollback with --enhanced-locking-enabled=false would miss it): %v", err)
 	a.opts.Events.Publish(Event{Type: EventMirrorFailed, Time: time.Now(), Lock: lock, Err: err})
-}
-
-// legacyUnlockByPull releases the pull's locks in the legacy database one by
-// one: upstream's UnlockByPull matches the repo name as a key prefix, so for
-// org/repo it would also release that pull number's locks in org/repo-two.
-func (a *Adapter) legacyUnlockByPull(repoFullName string, pullNum int) ([]models.ProjectLock, error) {
-	all, err := a.legacy.List()
-	if err != nil {
-		return nil, err
-	}
-	var released []models.ProjectLock
-	for _, l := range all {
-		if l.Project.RepoFullName != repoFullName || l.Pull.Num != pullNum {
-			continue
-		}
-		lock, err := a.legacy.UnlockIfOwnedByPull(l.Project, l.Workspace, pullNum)
-		if err != nil {
-			return released, err
-		}
-		if lock != nil {
-			released = append(released, *lock)
-		}
-	}
-	return released, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/runatlantis/atlantis/server/core/boltdb"
+	"github.com/runatlantis/atlantis/server/core/db"
 	"github.com/runatlantis/atlantis/server/core/locking"
 	upstreamredis "github.com/runatlantis/atlantis/server/core/redis"
 	"github.com/runatlantis/atlantis/server/events/command"
@@ -21,6 +22,7 @@ import (
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
@@ -53,7 +55,15 @@ func newRedisAdapter(t *testing.T, client redis.UniversalClient, legacy *boltdb.
 	if opts.Logger == nil {
 		opts.Logger = logging.NewNoopLogger(t)
 	}
-	return enhanced.NewAdapter(legacy, openRedis(t, client), opts)
+	return enhanced.NewAdapter(guard(t, legacy), openRedis(t, client), opts)
+}
+
+// guard is the one guard the server puts around the legacy database.
+func guard(t *testing.T, database db.Database) *legacydb.Guarded {
+	t.Helper()
+	g, err := legacydb.Guard(database)
+	Ok(t, err)
+	return g
 }
 
 func openRedis(t *testing.T, client redis.UniversalClient) *backends.Redis {
@@ -77,7 +87,7 @@ func adapterModes(t *testing.T) map[string]func(t *testing.T) *enhanced.Adapter 
 			return newRedisAdapter(t, client, openBolt(t, t.TempDir()), enhanced.AdapterOptions{})
 		},
 		"boltdb": func(t *testing.T) *enhanced.Adapter {
-			legacy := openBolt(t, t.TempDir())
+			legacy := guard(t, openBolt(t, t.TempDir()))
 			return enhanced.NewAdapter(legacy, backends.NewBoltDB(legacy, logging.NewNoopLogger(t)), enhanced.AdapterOptions{BackendName: "boltdb"})
 		},
 		"redis-down-fallback-boltdb": func(t *testing.T) *enhanced.Adapter {
@@ -200,7 +210,7 @@ func TestAdapter_MixedFleetUnlockByPull(t *testing.T) {
 	client := redistest.Start(t).Client(t)
 	upstreamReplica, err := upstreamredis.NewWithClient(client, "", "")
 	Ok(t, err)
-	adapter := enhanced.NewAdapter(upstreamReplica, openRedis(t, client), enhanced.AdapterOptions{BackendName: "redis", SharedLegacyLocks: true})
+	adapter := enhanced.NewAdapter(guard(t, upstreamReplica), openRedis(t, client), enhanced.AdapterOptions{BackendName: "redis", SharedLegacyLocks: true})
 	byUpstream := enhancedtest.NewLock("org/repo", "upstream", "default", "", 5)
 	acquired, _, err := upstreamReplica.TryLock(byUpstream)
 	Ok(t, err)

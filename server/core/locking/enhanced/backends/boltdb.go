@@ -7,12 +7,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/runatlantis/atlantis/server/core/db"
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
 // BoltDB is the enhanced backend for a single Atlantis replica. It keeps
@@ -21,9 +21,11 @@ import (
 // waits in process.
 //
 // It is safe for one replica only: the waiters and the mutex that makes an
-// unlock and its handoff one step live in this process.
+// unlock and its handoff one step live in this process. It reaches the
+// database only through the guard every enhanced component shares, which
+// keeps upstream's BoltDB reads from racing its writes.
 type BoltDB struct {
-	legacy db.Database
+	legacy *legacydb.Guarded
 	logger logging.SimpleLogging
 
 	// mu serialises every lock change made through this backend, so that an
@@ -41,7 +43,7 @@ var _ enhanced.Backend = (*BoltDB)(nil)
 
 // NewBoltDB returns a backend over legacy, which stays open and owned by the
 // upstream server: Close does not close it.
-func NewBoltDB(legacy db.Database, logger logging.SimpleLogging) *BoltDB {
+func NewBoltDB(legacy *legacydb.Guarded, logger logging.SimpleLogging) *BoltDB {
 	if logger == nil {
 		logger = enhanced.NopLogger{}
 	}
@@ -207,9 +209,9 @@ func (b *BoltDB) List(_ context.Context) ([]models.ProjectLock, error) {
 	return b.legacy.List()
 }
 
-// UnlockByPull releases the locks pull pullNum holds in repoFullName exactly.
-// Upstream's own UnlockByPull matches the repo name as a key prefix and would
-// also release that pull number's locks in "org/repo-two" for "org/repo".
+// UnlockByPull releases the locks pull pullNum holds in repoFullName exactly
+// (legacydb.Guarded.UnlockByPull says why upstream's own would not), each
+// handed to its next waiter.
 func (b *BoltDB) UnlockByPull(_ context.Context, repoFullName string, pullNum int) ([]models.ProjectLock, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -39,7 +39,7 @@ func handOverAfterWaitEnds(t *testing.T, b *BoltDB, holder, waiting models.Proje
 }
 
 func TestBoltDBWaiterHandedTheLockAsItTimesOutKeepsIt(t *testing.T) {
-	b := NewBoltDB(newUpstreamBoltDB(t), nil)
+	b := NewBoltDB(guardedBoltDB(t), nil)
 	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
 	waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
 	mustLockBolt(t, b, holder)
@@ -52,7 +52,7 @@ func TestBoltDBWaiterHandedTheLockAsItTimesOutKeepsIt(t *testing.T) {
 }
 
 func TestBoltDBWaiterHandedTheLockAsItIsCancelledPassesItOn(t *testing.T) {
-	b := NewBoltDB(newUpstreamBoltDB(t), nil)
+	b := NewBoltDB(guardedBoltDB(t), nil)
 	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
 	mustLockBolt(t, b, holder)
 	next := enhancedtest.NewLock("org/repo", "dir", "default", "", 3)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
@@ -47,7 +48,7 @@ func TestConformanceRedisSentinel(t *testing.T) {
 
 func TestConformanceBoltDB(t *testing.T) {
 	enhancedtest.RunConformance(t, func(t *testing.T) enhanced.Backend {
-		b := NewBoltDB(newUpstreamBoltDB(t), nil)
+		b := NewBoltDB(guardedBoltDB(t), nil)
 		t.Cleanup(func() { _ = b.Close() })
 		return b
 	}, enhancedtest.Enhanced)
@@ -92,6 +93,15 @@ func newUpstreamBoltDB(t testing.TB) *boltdb.BoltDB {
 	Ok(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	return db
+}
+
+// guardedBoltDB is a fresh upstream BoltDB behind the guard the server puts
+// around it.
+func guardedBoltDB(t testing.TB) *legacydb.Guarded {
+	t.Helper()
+	g, err := legacydb.Guard(newUpstreamBoltDB(t))
+	Ok(t, err)
+	return g
 }
 
 func newUpstreamRedis(t testing.TB, client *redis.Client) *upstreamredis.RedisDB {
