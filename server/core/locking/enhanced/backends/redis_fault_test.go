@@ -133,7 +133,7 @@ func TestRedisUnavailable(t *testing.T) {
 			_, err := r.CheckCommandLock(ctx, command.Apply)
 			return err
 		},
-		"Ping":    func() error { return r.Ping(ctx) },
+		"Ping":                  func() error { return r.Ping(ctx) },
 		"ScanForUnindexedLocks": func() error { _, err := r.ScanForUnindexedLocks(ctx); return err },
 	}
 	for name, op := range ops {
