@@ -32,7 +32,7 @@ func pullIndexKey(pull int) string { return fmt.Sprintf("pull{%s::%d}", repoFull
 func pullClosingKey(pull int) string { return fmt.Sprintf("pullclosing{%s::%d}", repoFull, pull) }
 
 // releaseTimes is the enhanced backend's record of when each lock was last
-// released: HASH lock key -> unix ms.
+// released: HASH lock key -> unix microseconds.
 const releaseTimes = "locks:released"
 
 // acquisitionToken is the field an enhanced replica adds to every lock value

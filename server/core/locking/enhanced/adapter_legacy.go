@@ -34,7 +34,7 @@ func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 	}
 	imported := 0
 	for i, lock := range locks {
-		if !released[i].IsZero() && !released[i].Before(lock.Time.Truncate(time.Millisecond)) {
+		if !released[i].IsZero() && !released[i].Before(lock.Time.Truncate(time.Microsecond)) {
 			a.dropStaleCopy(lock, released[i])
 			continue
 		}

@@ -21,7 +21,7 @@ import (
 //	u{T}S                                    last release of this lock, to answer a retried release
 //	n{T}S                                    pub/sub channel announcing the token a lock was handed to
 //	locks / locks{slot tag}                  global index shard: SET of lock keys (one per cluster slot)
-//	locks:released / locks:released{tag}     when each lock of the slot was last released: HASH key -> unix ms
+//	locks:released / locks:released{tag}     when each lock of the slot was last released: HASH key -> unix us
 //	locks:shards                             SET of the shard keys above, only ever grows
 //	pull{repo::num}                          per-pull index: SET of lock keys the pull asked for
 //	pullclosing{repo::num}                   per-pull index entries taken by a running UnlockByPull

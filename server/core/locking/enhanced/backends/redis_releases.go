@@ -37,11 +37,11 @@ func (r *Redis) LastReleased(ctx context.Context, locks []models.ProjectLock) ([
 		if err != nil {
 			return nil, redisError("reading when locks were last released", err)
 		}
-		ms, err := strconv.ParseInt(v, 10, 64)
+		us, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
 			return nil, redisError("reading when locks were last released", err)
 		}
-		times[i] = time.UnixMilli(ms)
+		times[i] = time.UnixMicro(us)
 	}
 	return times, nil
 }

@@ -7,15 +7,16 @@
 --   KEYS[4] waiter lock values: HASH token -> value to install on handoff
 --   KEYS[5] global index shard holding lock keys of this slot
 --   KEYS[6] record of the last release, to answer a retried release
---   KEYS[7] release times of this slot's locks: HASH lock key -> unix ms
+--   KEYS[7] release times of this slot's locks: HASH lock key -> unix us
 --
 -- Ownership is judged from the lock value alone: an acquisition holds the
 -- lock while the stored value is the one it wrote, whose token makes it
 -- unique.
 
-local function now_ms()
+-- now_us is Redis's clock in microseconds; below 2^53, so exact in Lua.
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 -- decode returns the lock table, or nil when the stored value is not a
@@ -74,8 +75,9 @@ end
 -- through a free state while a live waiter exists, so nobody can take it in
 -- between. Returns the new holder's token, or false.
 local function handoff(channel)
-  local now = now_ms()
-  redis.call('HSET', KEYS[7], KEYS[1], now)
+  local now_micros = now_us()
+  local now = math.floor(now_micros / 1000)
+  redis.call('HSET', KEYS[7], KEYS[1], string.format('%.0f', now_micros))
   while true do
     local head = redis.call('ZPOPMIN', KEYS[2])
     if #head == 0 then

@@ -23,7 +23,7 @@ if current then
   end
 end
 
-local now = now_ms()
+local now = math.floor(now_us() / 1000)
 if not redis.call('ZSCORE', KEYS[2], token) then
   -- Higher priority sorts first; within a priority, earlier arrival (server
   -- clock, microseconds since 2023-11-14) sorts first. Bands are 1e15 us
