@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,15 +15,21 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 )
 
 // Redis keys besides the locks (see server/core/locking/enhanced/backends/
 // redis_keys.go and upstream's server/core/redis/redis.go).
 const (
-	applyLockKey   = "global/apply/lock"
-	globalIndex    = "locks"
-	shardSet       = "locks:shards"
-	deliveryPrefix = "atlantis:github-delivery:"
+	applyLockKey = "global/apply/lock"
+	globalIndex  = "locks"
+	shardSet     = "locks:shards"
+	// deliveriesKey is the webhook de-duplication's sorted set (see
+	// server/webhook_dedupe.go): payload hash -> expiry, unix ms.
+	deliveriesKey = "atlantis:webhook-deliveries"
+	// deliveryTTL is how long a handled delivery's record lasts.
+	deliveryTTL = 72 * time.Hour
 )
 
 // pullIndexKey is the enhanced backend's per-pull index of lock keys.
@@ -39,7 +47,38 @@ const releaseTimes = "locks:released"
 // it writes (see server/core/locking/enhanced/backends/redis_value.go).
 const acquisitionToken = `,"EnhancedLockToken":"`
 
-func deliveryKey(id string) string { return deliveryPrefix + id }
+// deliveryRecord is the member the de-duplication stores for d: the first
+// 128 bits of SHA-256 over the event type, a NUL and the body, in hex.
+func deliveryRecord(d vcssim.Delivery) string {
+	sum := sha256.Sum256(append(append([]byte(d.Event), 0), d.Body...))
+	return hex.EncodeToString(sum[:16])
+}
+
+// deliveryLeft is how long d's record has left by the Redis clock, or 0
+// when Redis holds none.
+func (h *harness) deliveryLeft(d vcssim.Delivery) time.Duration {
+	h.t.Helper()
+	ctx, cancel := h.rctx()
+	defer cancel()
+	expiry, err := h.rdb.ZScore(ctx, deliveriesKey, deliveryRecord(d)).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0
+	}
+	Ok(h.t, err)
+	now, err := h.rdb.Time(ctx).Result()
+	Ok(h.t, err)
+	return time.UnixMilli(int64(expiry)).Sub(now)
+}
+
+// deliveryRecords counts the de-duplication's records.
+func (h *harness) deliveryRecords() int64 {
+	h.t.Helper()
+	ctx, cancel := h.rctx()
+	defer cancel()
+	n, err := h.rdb.ZCard(ctx, deliveriesKey).Result()
+	Ok(h.t, err)
+	return n
+}
 
 // rctx bounds one Redis call.
 func (h *harness) rctx() (context.Context, context.CancelFunc) {
@@ -154,7 +193,7 @@ func (h *harness) describeRedis() string {
 // accounted for: a lock with upstream's JSON, a related key (waiters, release
 // record) of a live lock, the release times of locks, an index whose lock entries are live (the
 // per-pull index may name locks the pull only asked for), the global apply
-// lock, upstream's pull status, or a webhook delivery record. No key but the
+// lock, upstream's pull status, or the webhook delivery records. No key but the
 // locks, the indexes and the pull status may live forever.
 func (h *harness) checkRedisConsistent() {
 	h.t.Helper()
@@ -215,9 +254,20 @@ func (h *harness) checkRedisConsistent() {
 				bad("release record %s does not expire (ttl %s)", k, d)
 			}
 		case k == applyLockKey:
-		case strings.HasPrefix(k, deliveryPrefix):
-			if d := ttl(k); d <= 0 {
-				bad("delivery record %s does not expire (ttl %s)", k, d)
+		case k == deliveriesKey:
+			if d := ttl(k); d <= 0 || d > deliveryTTL {
+				bad("delivery records %s expire in %s, want at most %s", k, d, deliveryTTL)
+			}
+			now := h.rdb.Time(ctx).Val()
+			for _, z := range h.rdb.ZRangeWithScores(ctx, k, 0, -1).Val() {
+				member, _ := z.Member.(string)
+				if b, err := hex.DecodeString(member); err != nil || len(b) != 16 {
+					bad("delivery record %q in %s is not a 128-bit payload hash", member, k)
+				}
+				// An expired record may stay until the next claim drops it.
+				if left := time.UnixMilli(int64(z.Score)).Sub(now); left > deliveryTTL {
+					bad("delivery record %s expires in %s, after %s", member, left, deliveryTTL)
+				}
 			}
 		case strings.Contains(k, "::"+repoFull+"::"):
 			// Upstream's pull status: {vcs hostname}::{repo}::{pull}.

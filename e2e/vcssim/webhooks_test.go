@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -94,6 +95,10 @@ func TestWebhookSignatureValidatesWithUpstreamValidator(t *testing.T) {
 	}
 	if first.signature != vcssim.Sign(sim.WebhookSecret(), d.Body) {
 		t.Errorf("signature %q does not match body", first.signature)
+	}
+	// Atlantis de-duplicates only GUID-shaped delivery IDs, as GitHub sends.
+	if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`).MatchString(first.delivery) {
+		t.Errorf("delivery ID %q is not a GUID", first.delivery)
 	}
 	if again.delivery != first.delivery || string(again.payload) != string(first.payload) || again.validateErr != nil {
 		t.Errorf("redelivery differs: id %q vs %q, err %v", again.delivery, first.delivery, again.validateErr)
