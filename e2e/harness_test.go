@@ -61,6 +61,10 @@ type harness struct {
 type harnessOptions struct {
 	// extraArgs are added to both replicas' flags.
 	extraArgs []string
+	// replicaArgs[i] are added to replica i+1's flags, after extraArgs.
+	replicaArgs [2][]string
+	// timeout bounds the whole test; zero means testTimeout.
+	timeout time.Duration
 }
 
 // newHarness starts everything and registers its teardown. When the test
@@ -71,7 +75,11 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if testing.Short() {
 		t.Skip("end-to-end suite skipped in -short mode")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	timeout := testTimeout
+	if opts.timeout > 0 {
+		timeout = opts.timeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	h := &harness{t: t, ctx: ctx}
 
@@ -111,6 +119,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		TerraformDir: terraformDir,
 		Sim:          sim,
 		ExtraArgs:    args,
+		ReplicaArgs:  opts.replicaArgs[:],
 		Log:          logs,
 	})
 	Ok(t, err)
