@@ -267,12 +267,24 @@ func (h *harness) plan(r *testdrive.Replica, pr *vcssim.PullRequest) vcssim.Comm
 // answer and for the lock to leave Redis.
 func (h *harness) unlock(r *testdrive.Replica, pr *vcssim.PullRequest) {
 	h.t.Helper()
-	m, _ := h.comment(r, pr, "atlantis unlock")
-	h.waitComment(pr, m, "the unlock confirmation", isUnlocked)
+	h.unlockEach([]*testdrive.Replica{r}, []*vcssim.PullRequest{pr})
+}
+
+// unlockEach comments `atlantis unlock` on prs[i] through replicas[i], one
+// after the other, and waits for every answer and for the lock to leave
+// Redis.
+func (h *harness) unlockEach(replicas []*testdrive.Replica, prs []*vcssim.PullRequest) {
+	h.t.Helper()
+	for i, pr := range prs {
+		m, _ := h.comment(replicas[i], pr, "atlantis unlock")
+		h.waitComment(pr, m, "the unlock confirmation", isUnlocked)
+	}
 	h.waitNoLock()
-	// Upstream comments once the unlock is done, so the pull's lock index
-	// is gone by now.
-	Assert(h.t, !h.exists(pullIndexKey(pr.Number)), "%s outlived `atlantis unlock`", pullIndexKey(pr.Number))
+	// Upstream comments once the unlock is done, so the pulls' lock indexes
+	// are gone by now.
+	for _, pr := range prs {
+		Assert(h.t, !h.exists(pullIndexKey(pr.Number)), "%s outlived `atlantis unlock`", pullIndexKey(pr.Number))
+	}
 }
 
 // Comment bodies, as upstream Atlantis words them.
