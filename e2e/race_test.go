@@ -15,10 +15,10 @@ import (
 )
 
 // raceRounds is how many times two pulls race for one project; a round takes
-// about a third of a second. With upstream's read-then-write Redis locking
-// (--enhanced-locking-enabled=false) both pulls got the lock in 2 rounds of
-// 20 on a 2-core machine, so 30 rounds catch that kind of bug most of the
-// time.
+// about a third of a second. With upstream's read-then-write Redis locking on
+// both replicas, both pulls got the lock in 8 and 12 rounds of 200
+// (TestMixedFleetSimultaneousPlans with E2E_MIXED_CONFIGS=off on a 2-core
+// machine), so 30 rounds catch that kind of bug about three times in four.
 const raceRounds = 30
 
 // TestSimultaneousPlansOnTwoReplicas: two pull requests comment `atlantis
