@@ -61,6 +61,10 @@ type harness struct {
 type harnessOptions struct {
 	// extraArgs are added to both replicas' flags.
 	extraArgs []string
+	// replicaArgs[i] are added to replica i+1's flags, after extraArgs.
+	replicaArgs [2][]string
+	// timeout bounds the whole test; zero means testTimeout.
+	timeout time.Duration
 }
 
 // newHarness starts everything and registers its teardown. When the test
@@ -71,7 +75,11 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if testing.Short() {
 		t.Skip("end-to-end suite skipped in -short mode")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	timeout := testTimeout
+	if opts.timeout > 0 {
+		timeout = opts.timeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	h := &harness{t: t, ctx: ctx}
 
@@ -111,6 +119,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		TerraformDir: terraformDir,
 		Sim:          sim,
 		ExtraArgs:    args,
+		ReplicaArgs:  opts.replicaArgs[:],
 		Log:          logs,
 	})
 	Ok(t, err)
@@ -258,12 +267,24 @@ func (h *harness) plan(r *testdrive.Replica, pr *vcssim.PullRequest) vcssim.Comm
 // answer and for the lock to leave Redis.
 func (h *harness) unlock(r *testdrive.Replica, pr *vcssim.PullRequest) {
 	h.t.Helper()
-	m, _ := h.comment(r, pr, "atlantis unlock")
-	h.waitComment(pr, m, "the unlock confirmation", isUnlocked)
+	h.unlockEach([]*testdrive.Replica{r}, []*vcssim.PullRequest{pr})
+}
+
+// unlockEach comments `atlantis unlock` on prs[i] through replicas[i], one
+// after the other, and waits for every answer and for the lock to leave
+// Redis.
+func (h *harness) unlockEach(replicas []*testdrive.Replica, prs []*vcssim.PullRequest) {
+	h.t.Helper()
+	for i, pr := range prs {
+		m, _ := h.comment(replicas[i], pr, "atlantis unlock")
+		h.waitComment(pr, m, "the unlock confirmation", isUnlocked)
+	}
 	h.waitNoLock()
-	// Upstream comments once the unlock is done, so the pull's lock index
-	// is gone by now.
-	Assert(h.t, !h.exists(pullIndexKey(pr.Number)), "%s outlived `atlantis unlock`", pullIndexKey(pr.Number))
+	// Upstream comments once the unlock is done, so the pulls' lock indexes
+	// are gone by now.
+	for _, pr := range prs {
+		Assert(h.t, !h.exists(pullIndexKey(pr.Number)), "%s outlived `atlantis unlock`", pullIndexKey(pr.Number))
+	}
 }
 
 // Comment bodies, as upstream Atlantis words them.

@@ -15,10 +15,10 @@ import (
 )
 
 // raceRounds is how many times two pulls race for one project; a round takes
-// about a third of a second. With upstream's read-then-write Redis locking
-// (--enhanced-locking-enabled=false) both pulls got the lock in 2 rounds of
-// 20 on a 2-core machine, so 30 rounds catch that kind of bug most of the
-// time.
+// about a third of a second. With upstream's read-then-write Redis locking on
+// both replicas, both pulls got the lock in 8 and 12 rounds of 200
+// (TestMixedFleetSimultaneousPlans with E2E_MIXED_CONFIGS=off on a 2-core
+// machine), so 30 rounds catch that kind of bug about three times in four.
 const raceRounds = 30
 
 // TestSimultaneousPlansOnTwoReplicas: two pull requests comment `atlantis
@@ -32,58 +32,14 @@ func TestSimultaneousPlansOnTwoReplicas(t *testing.T) {
 
 	wins := map[int]int{}
 	for round := 1; round <= raceRounds; round++ {
-		// Alternate which pull goes to which replica.
-		replicas := [2]*testdrive.Replica{h.r1, h.r2}
-		if round%2 == 0 {
-			replicas[0], replicas[1] = h.r2, h.r1
+		replicas := h.raceReplicas(round)
+		marks, answers := h.planAtOnce(round, prs, replicas)
+		winner, loser, ok := oneWinner(answers)
+		if !ok {
+			t.Fatalf("round %d: want one plan and one refusal, got:\n%s", round, describeAnswers(prs, replicas, answers))
 		}
-		var marks [2]mark
-		for i, pr := range prs {
-			marks[i] = h.mark(pr)
-		}
-
-		// Both comments and their webhooks leave at once.
-		var (
-			start = make(chan struct{})
-			wg    sync.WaitGroup
-			errs  [2]error
-			dels  [2]vcssim.Delivery
-		)
-		for i := range prs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				dels[i], errs[i] = h.sim.SendComment(events(replicas[i]), prs[i], author, "atlantis plan")
-			}()
-		}
-		close(start)
-		wg.Wait()
-		for i := range prs {
-			h.checkDelivered(fmt.Sprintf("round %d: plan on #%d to %s", round, prs[i].Number, replicas[i].Name()), dels[i], errs[i])
-		}
-
-		var answers [2]vcssim.Comment
-		for i, pr := range prs {
-			answers[i] = h.waitComment(pr, marks[i], fmt.Sprintf("round %d's plan result", round), isPlanResult)
-			h.waitDone(pr, marks[i], "atlantis/plan")
-		}
-		var winner, loser int
-		switch {
-		case isPlanned(answers[0].Body) && isLockedOut(answers[1].Body):
-			winner, loser = 0, 1
-		case isPlanned(answers[1].Body) && isLockedOut(answers[0].Body):
-			winner, loser = 1, 0
-		default:
-			t.Fatalf("round %d: want one plan and one refusal, got:\n#%d on %s: %s\n\n#%d on %s: %s", round,
-				prs[0].Number, replicas[0].Name(), answers[0].Body, prs[1].Number, replicas[1].Name(), answers[1].Body)
-		}
+		h.checkOneWinner(round, prs, marks, answers, winner)
 		w, l := prs[winner].Number, prs[loser].Number
-		Assert(t, lockedBy(answers[loser].Body, w), "round %d: #%d was not told that #%d holds the lock:\n%s", round, l, w, answers[loser].Body)
-		Equals(t, w, h.lockHolder())
-		for i, pr := range prs {
-			Equals(t, 1, len(h.botComments(pr, marks[i])))
-		}
 		wins[w]++
 		t.Logf("round %d: #%d (on %s) got the lock and planned; #%d (on %s) was told #%d holds it; outcomes logged %s apart",
 			round, w, replicas[winner].Name(), l, replicas[loser].Name(), w, lockAttemptGap(replicas[winner], replicas[loser]))
@@ -94,6 +50,90 @@ func TestSimultaneousPlansOnTwoReplicas(t *testing.T) {
 	}
 	t.Logf("%d rounds: exactly one winner each time; #1 won %d, #2 won %d", raceRounds, wins[1], wins[2])
 	h.checkRedisConsistent()
+}
+
+// raceReplicas is which replica each of two racing pulls comments on in
+// round: replica 1 and replica 2, swapped every other round.
+func (h *harness) raceReplicas(round int) [2]*testdrive.Replica {
+	if round%2 == 0 {
+		return [2]*testdrive.Replica{h.r2, h.r1}
+	}
+	return [2]*testdrive.Replica{h.r1, h.r2}
+}
+
+// planAtOnce comments `atlantis plan` on prs[i] through replicas[i], both
+// webhooks leaving at the same instant, and waits until both plans finished.
+// It returns where each pull's history stood before, and Atlantis's answer on
+// each.
+func (h *harness) planAtOnce(round int, prs [2]*vcssim.PullRequest, replicas [2]*testdrive.Replica) ([2]mark, [2]vcssim.Comment) {
+	h.t.Helper()
+	var marks [2]mark
+	for i, pr := range prs {
+		marks[i] = h.mark(pr)
+	}
+	var (
+		start = make(chan struct{})
+		wg    sync.WaitGroup
+		errs  [2]error
+		dels  [2]vcssim.Delivery
+	)
+	for i := range prs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			dels[i], errs[i] = h.sim.SendComment(events(replicas[i]), prs[i], author, "atlantis plan")
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i := range prs {
+		h.checkDelivered(fmt.Sprintf("round %d: plan on #%d to %s", round, prs[i].Number, replicas[i].Name()), dels[i], errs[i])
+	}
+	var answers [2]vcssim.Comment
+	for i, pr := range prs {
+		answers[i] = h.waitComment(pr, marks[i], fmt.Sprintf("round %d's plan result", round), isPlanResult)
+		h.waitDone(pr, marks[i], "atlantis/plan")
+	}
+	return marks, answers
+}
+
+// oneWinner says whether one of a round's answers is a plan and the other a
+// refusal, and which is which (indexes into answers).
+func oneWinner(answers [2]vcssim.Comment) (winner, loser int, ok bool) {
+	switch {
+	case isPlanned(answers[0].Body) && isLockedOut(answers[1].Body):
+		return 0, 1, true
+	case isPlanned(answers[1].Body) && isLockedOut(answers[0].Body):
+		return 1, 0, true
+	}
+	return 0, 0, false
+}
+
+// checkOneWinner checks a round that prs[winner] won: the other pull was told
+// who holds the lock, Redis says the same, and each pull got one answer.
+func (h *harness) checkOneWinner(round int, prs [2]*vcssim.PullRequest, marks [2]mark, answers [2]vcssim.Comment, winner int) {
+	h.t.Helper()
+	loser := 1 - winner
+	w, l := prs[winner].Number, prs[loser].Number
+	Assert(h.t, lockedBy(answers[loser].Body, w), "round %d: #%d was not told that #%d holds the lock:\n%s", round, l, w, answers[loser].Body)
+	Equals(h.t, w, h.lockHolder())
+	h.checkOneAnswerEach(prs, marks)
+}
+
+// checkOneAnswerEach fails unless Atlantis commented exactly once on each
+// pull since its mark.
+func (h *harness) checkOneAnswerEach(prs [2]*vcssim.PullRequest, marks [2]mark) {
+	h.t.Helper()
+	for i, pr := range prs {
+		Equals(h.t, 1, len(h.botComments(pr, marks[i])))
+	}
+}
+
+// describeAnswers shows a round's answers, for failure messages.
+func describeAnswers(prs [2]*vcssim.PullRequest, replicas [2]*testdrive.Replica, answers [2]vcssim.Comment) string {
+	return fmt.Sprintf("#%d on %s: %s\n\n#%d on %s: %s",
+		prs[0].Number, replicas[0].Name(), answers[0].Body, prs[1].Number, replicas[1].Name(), answers[1].Body)
 }
 
 // lockAttemptGap is how far apart, by the replicas' logs, the winner took

@@ -26,7 +26,11 @@ type FleetConfig struct {
 	Sim          *vcssim.Sim
 	// ExtraArgs are added to every replica's flags.
 	ExtraArgs []string
-	Log       io.Writer
+	// ReplicaArgs[i] are added to the flags of the i-th replica StartFleet
+	// starts, after ExtraArgs, so they override them: for example
+	// --enhanced-locking-enabled=false on one replica of a mixed fleet.
+	ReplicaArgs [][]string
+	Log         io.Writer
 }
 
 // Fleet is a set of running replicas.
@@ -37,9 +41,16 @@ type Fleet struct {
 
 // StartFleet starts cfg.Replicas replicas and waits until all are healthy.
 func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
+	if len(cfg.ReplicaArgs) > cfg.Replicas {
+		return nil, fmt.Errorf("FleetConfig has flags for %d replicas but starts %d", len(cfg.ReplicaArgs), cfg.Replicas)
+	}
 	f := &Fleet{cfg: cfg}
 	for i := range cfg.Replicas {
-		if _, err := f.StartReplica(ctx, fmt.Sprintf("replica-%d", i+1)); err != nil {
+		var own []string
+		if i < len(cfg.ReplicaArgs) {
+			own = cfg.ReplicaArgs[i]
+		}
+		if _, err := f.startReplica(ctx, fmt.Sprintf("replica-%d", i+1), own); err != nil {
 			f.Stop()
 			return nil, err
 		}
@@ -47,8 +58,13 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	return f, nil
 }
 
-// StartReplica adds one replica to the fleet.
+// StartReplica adds one replica to the fleet, with the fleet's ExtraArgs.
 func (f *Fleet) StartReplica(ctx context.Context, name string) (*Replica, error) {
+	return f.startReplica(ctx, name, nil)
+}
+
+// startReplica starts a replica with the fleet's flags followed by own.
+func (f *Fleet) startReplica(ctx context.Context, name string, own []string) (*Replica, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
@@ -57,7 +73,7 @@ func (f *Fleet) StartReplica(ctx context.Context, name string) (*Replica, error)
 		Name:   name,
 		Binary: f.cfg.Binary,
 		Port:   port,
-		Args:   f.replicaArgs(port),
+		Args:   append(f.replicaArgs(port), own...),
 		Env:    f.replicaEnv(),
 		Log:    f.cfg.Log,
 	})
