@@ -77,7 +77,7 @@ func (a *Adapter) dropStaleCopy(lock models.ProjectLock, released time.Time) {
 		return
 	}
 	a.opts.Logger.Info("enhanced locking: not importing %s held by pull #%d since %s: %s released it at %s; removed the stale copy from the legacy database",
-		key, lock.Pull.Num, lock.Time.Format(time.RFC3339), a.opts.BackendName, released.Format(time.RFC3339))
+		key, lock.Pull.Num, lock.Time.Format(time.RFC3339Nano), a.opts.BackendName, released.Format(time.RFC3339Nano))
 }
 
 // releaseCommandLock frees a command lock in the backend if it is taken
