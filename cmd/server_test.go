@@ -181,6 +181,8 @@ func TestServerCmd_BadInput(t *testing.T) {
 			nil, `invalid --enhanced-locking-priority-rules "` + filepath.Join(dir, "rules.yaml") + `": cannot read it`},
 		{"key prefix with an open hash tag", []string{"--enhanced-locking-redis-key-prefix=a{b"},
 			nil, `invalid --enhanced-locking-redis-key-prefix: key prefix "a{b"`},
+		{"key prefix upstream's List would scan", []string{"--enhanced-locking-redis-key-prefix=prod:"},
+			nil, `invalid --enhanced-locking-redis-key-prefix: key prefix "prod:" starts with "pr": upstream's Redis database lists its locks by scanning "pr*"`},
 		{"boltdb backend on upstream redis", []string{"--enhanced-locking-enabled", "--locking-db-type=redis"},
 			nil, `--enhanced-locking-backend=boltdb needs --locking-db-type=boltdb, but it is redis: set --locking-db-type=boltdb, or use --enhanced-locking-backend=redis`},
 		{"boltdb fallback on upstream redis", []string{"--enhanced-locking-enabled", "--locking-db-type=redis", "--enhanced-locking-backend=redis", "--enhanced-locking-redis-addrs=r:6379", "--enhanced-locking-fallback=boltdb"},

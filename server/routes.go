@@ -5,6 +5,8 @@ import (
 	"net/http"
 
 	events_controllers "github.com/runatlantis/atlantis/server/controllers/events"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 )
 
 // registerRoutes adds our routes to upstream's router before upstream's
@@ -46,6 +48,10 @@ type EnhancedLockingHealth struct {
 	// ActiveBackend is the backend, or legacy-fallback while Redis is out of
 	// reach and the fallback is on.
 	ActiveBackend string `json:"active_backend"`
+	// NonEnhancedWrites counts the locks seen that replicas without enhanced
+	// locking wrote: while any do, a lock can be granted twice (Redis
+	// backend only).
+	NonEnhancedWrites *backends.NonEnhancedWrites `json:"non_enhanced_writes,omitempty"`
 }
 
 // Healthz answers like upstream's liveness probe, always 200 while the
@@ -61,12 +67,17 @@ func (s *Server) enhancedHealth() EnhancedLockingHealth {
 	if s.Adapter == nil {
 		return EnhancedLockingHealth{Enabled: false, Backend: "legacy", Status: "disabled", ActiveBackend: "legacy"}
 	}
-	return EnhancedLockingHealth{
+	health := EnhancedLockingHealth{
 		Enabled:       true,
 		Backend:       s.Config.Backend,
 		Status:        s.backend.status(),
 		ActiveBackend: s.Adapter.ActiveBackend(),
 	}
+	if r, ok := s.backend.Backend.(*backends.Redis); ok {
+		seen := r.NonEnhancedWrites()
+		health.NonEnhancedWrites = &seen
+	}
+	return health
 }
 
 // Readyz is upstream's readiness probe extended to enhanced locking: a

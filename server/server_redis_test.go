@@ -14,6 +14,7 @@ import (
 	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
@@ -100,7 +101,8 @@ func TestRedisServer_UpstreamComponentsLockInRedis(t *testing.T) {
 	rec = serve("GET", "/healthz")
 	var health HealthzResponse
 	Ok(t, json.Unmarshal(rec.Body.Bytes(), &health))
-	Equals(t, EnhancedLockingHealth{Enabled: true, Backend: "redis", Status: "unhealthy", ActiveBackend: "redis"}, health.EnhancedLocking)
+	Equals(t, EnhancedLockingHealth{Enabled: true, Backend: "redis", Status: "unhealthy", ActiveBackend: "redis",
+		NonEnhancedWrites: &backends.NonEnhancedWrites{}}, health.EnhancedLocking)
 	Equals(t, http.StatusOK, serve("GET", "/readyz").Code)
 }
 

@@ -2,6 +2,7 @@ package redis_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -168,4 +169,34 @@ func TestHealthChecker_CountsBusyConnections(t *testing.T) {
 	<-done
 	h.Check(ctx)
 	Equals(t, 0.0, gauge(t, scope, "redis_connections_active"))
+}
+
+// TestHealthChecker_FailureReportedByAnOperation: a lock operation that found
+// Redis out of reach makes the health unhealthy at once, with listeners told;
+// a ping that was under way before it cannot clear it, a later one can.
+func TestHealthChecker_FailureReportedByAnOperation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := redistest.Start(t)
+	client := connect(t, redis.Config{Addrs: []string{s.Addr}})
+	h := redis.NewHealthChecker(client, 10*time.Second, 10*time.Second, nil)
+	var transitions []redis.HealthStatus
+	h.OnChange(func(_, new redis.HealthReport) { transitions = append(transitions, new.Status) })
+	Equals(t, redis.HealthHealthy, h.Check(ctx).Status)
+
+	// Redis holds every client's commands for a moment: a ping sent now
+	// answers only after the failure below is reported.
+	Ok(t, s.Client(t).Do(ctx, "CLIENT", "PAUSE", "500", "ALL").Err())
+	pinged := make(chan redis.HealthReport, 1)
+	go func() { pinged <- h.Check(ctx) }()
+	time.Sleep(50 * time.Millisecond)
+
+	h.ReportFailure(errors.New("dial tcp: connection refused"))
+	Equals(t, redis.HealthUnhealthy, h.Status().Status)
+	Equals(t, "dial tcp: connection refused", h.Status().LastError)
+	Equals(t, redis.HealthUnhealthy, (<-pinged).Status)
+	Equals(t, redis.HealthUnhealthy, h.Status().Status)
+
+	Equals(t, redis.HealthHealthy, h.Check(ctx).Status)
+	Equals(t, []redis.HealthStatus{redis.HealthHealthy, redis.HealthUnhealthy, redis.HealthHealthy}, transitions)
 }
