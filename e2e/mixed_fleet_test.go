@@ -107,7 +107,9 @@ func raceMixedFleet(t *testing.T, mix fleetMix, rounds int) {
 	mixed := mix.enhanced[0] != mix.enhanced[1]
 	prs := [2]*vcssim.PullRequest{h.openPR(1), h.openPR(2)}
 
-	var doubleGrants, oneWinners int
+	// upstreamWrites counts the rounds whose lock a non-enhanced replica
+	// wrote: the enhanced replicas must have seen and reported it.
+	var doubleGrants, oneWinners, upstreamWrites int
 	for round := 1; round <= rounds; round++ {
 		replicas := h.raceReplicas(round)
 		marks, answers := h.planAtOnce(round, prs, replicas)
@@ -123,6 +125,9 @@ func raceMixedFleet(t *testing.T, mix fleetMix, rounds int) {
 		if winner, loser, ok := oneWinner(answers); ok {
 			h.checkOneWinner(round, prs, marks, answers, winner)
 			oneWinners++
+			if !enhanced[replicas[winner]] {
+				upstreamWrites++
+			}
 			t.Logf("round %d: one winner: #%d (on %s) planned; #%d (on %s) was refused",
 				round, prs[winner].Number, replicas[winner].Name(), prs[loser].Number, replicas[loser].Name())
 		} else if isPlanned(answers[0].Body) && isPlanned(answers[1].Body) {
@@ -139,6 +144,7 @@ func raceMixedFleet(t *testing.T, mix fleetMix, rounds int) {
 				Equals(t, upstreamPulls[0], holder)
 			}
 			doubleGrants++
+			upstreamWrites++
 			t.Logf("round %d: DOUBLE GRANT: #%d (on %s) and #%d (on %s) both planned; Redis names #%d as the holder",
 				round, prs[0].Number, replicas[0].Name(), prs[1].Number, replicas[1].Name(), holder)
 		} else {
@@ -151,6 +157,21 @@ func raceMixedFleet(t *testing.T, mix fleetMix, rounds int) {
 		h.unlockEach(replicas[:], prs[:])
 	}
 	t.Logf("MIXED config=%s rounds=%d double-grants=%d one-winner=%d", mix.name, rounds, doubleGrants, oneWinners)
+	// The enhanced replicas tell the operator the window is open: every
+	// lock the non-enhanced replica wrote was read by the enhanced one that
+	// raced it, and nothing is reported among enhanced replicas alone.
+	for r, on := range enhanced {
+		if !on {
+			continue
+		}
+		seen := h.nonEnhancedLocksSeen(r)
+		t.Logf("%s reports %d lock(s) written without enhanced locking", r.Name(), seen)
+		if upstreamWrites > 0 {
+			Assert(t, seen > 0, "%s did not report any of the %d locks the non-enhanced replica wrote", r.Name(), upstreamWrites)
+		} else {
+			Equals(t, int64(0), seen)
+		}
+	}
 	// In a mixed fleet, unlocking through the non-enhanced replica deletes
 	// the lock key alone, leaving the global index entry of a lock the
 	// enhanced replica tried for, until an enhanced replica next takes or
@@ -160,6 +181,24 @@ func raceMixedFleet(t *testing.T, mix fleetMix, rounds int) {
 	if !mixed {
 		h.checkRedisConsistent()
 	}
+}
+
+// nonEnhancedLocksSeen is how many locks written without enhanced locking r's
+// /healthz reports.
+func (h *harness) nonEnhancedLocksSeen(r *testdrive.Replica) int64 {
+	h.t.Helper()
+	body := h.api(r, http.MethodGet, "/healthz", http.StatusOK)
+	var health struct {
+		EnhancedLocking struct {
+			NonEnhancedWrites struct {
+				Locks int64 `json:"locks_seen"`
+			} `json:"non_enhanced_writes"`
+		} `json:"enhanced_locking"`
+	}
+	if err := json.Unmarshal(body, &health); err != nil {
+		h.t.Fatalf("GET /healthz on %s: %s: %s", r.Name(), err, body)
+	}
+	return health.EnhancedLocking.NonEnhancedWrites.Locks
 }
 
 // enhancedLockingEnabled is what r's /healthz says of enhanced locking.

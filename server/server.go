@@ -4,6 +4,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -181,7 +182,7 @@ func (s *Server) Start() error {
 	s.watchBackend(ctx)
 	err := s.Server.Start()
 	if s.backend != nil {
-		if closeErr := s.backend.Close(); closeErr != nil {
+		if closeErr := errors.Join(s.Adapter.Close(), s.backend.Close()); closeErr != nil {
 			s.Logger.Err("closing enhanced locking backend: %v", closeErr)
 		}
 	}

@@ -398,10 +398,11 @@ func (a *Adapter) Ping() error {
 	return nil
 }
 
-// Close closes the backend. The legacy database belongs to upstream's server,
+// Close closes the backend and the fallback journal, whose entries stay on
+// disk for the next start. The legacy database belongs to upstream's server,
 // which closes it.
 func (a *Adapter) Close() error {
-	return a.backend.Close()
+	return errors.Join(a.backend.Close(), a.journal.Close())
 }
 
 func mergeLocks(a, b []models.ProjectLock) []models.ProjectLock {
