@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests, the e2e suite and the testdrive need on a fresh
-# Debian machine: redis-server and git from Debian, Terraform 1.5.7 built
-# from source with the Go toolchain (no download from outside the module
-# proxy). Safe to run again: it only installs what is missing.
+# Debian machine: redis-server, git and a C toolchain (the race detector needs
+# cgo) from Debian, Terraform 1.5.7 built from source with the Go toolchain
+# (no download from outside the module proxy). Safe to run again: it only
+# installs what is missing. Installing packages needs root or sudo.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,11 +11,26 @@ tools="$root/.tools/bin"
 tf_version=1.5.7
 export CHECKPOINT_DISABLE=1
 
+# cc_works says whether the C compiler go uses for cgo builds a program.
+cc_works() {
+  local cc dir
+  cc=$(go env CC)
+  dir=$(mktemp -d)
+  printf '#include <stdlib.h>\nint main(void) { return EXIT_SUCCESS; }\n' >"$dir/cc.c"
+  if "$cc" -o "$dir/cc" "$dir/cc.c" >/dev/null 2>&1; then
+    rm -rf "$dir"
+    return 0
+  fi
+  rm -rf "$dir"
+  return 1
+}
+
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v git >/dev/null 2>&1 || missing+=(git)
 [ -x /usr/lib/git-core/git-http-backend ] || missing+=(git)
+cc_works || missing+=(gcc libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]} with apt-get"
   sudo_cmd=""
@@ -22,10 +38,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+cc_works || { echo "install-deps: $(go env CC) cannot build a C program, which go test -race needs" >&2; exit 1; }
 
-if ! TF_CLI_CONFIG_FILE= "$tools/terraform" version 2>/dev/null | head -n1 | grep -q "v$tf_version\$"; then
+# terraform_version prints the installed Terraform's version line, or nothing.
+# The whole output is read before it is matched: piping it into head under
+# pipefail fails when terraform is cut off by SIGPIPE.
+terraform_version() {
+  local out
+  out=$(TF_CLI_CONFIG_FILE= "$tools/terraform" version 2>/dev/null) || return 0
+  printf '%s\n' "${out%%$'\n'*}"
+}
+
+if [ "$(terraform_version)" != "Terraform v$tf_version" ]; then
   echo "install-deps: building Terraform $tf_version into $tools (a few minutes on a fresh machine)"
   mkdir -p "$tools"
   (cd "$root" && GOBIN="$tools" go install "github.com/hashicorp/terraform@v$tf_version")
 fi
-echo "install-deps: redis-server $(redis-server --version | awk '{print $3}'), terraform $(TF_CLI_CONFIG_FILE= "$tools/terraform" version | head -n1 | awk '{print $2}')"
+echo "install-deps: redis-server $(redis-server --version | awk '{print $3}'), $(terraform_version), C compiler $(go env CC)"
