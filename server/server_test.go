@@ -16,7 +16,7 @@ import (
 	"go.uber.org/mock/gomock"
 )
 
-func testUserConfig(t *testing.T) upstream.UserConfig {
+func testUserConfig(t testing.TB) upstream.UserConfig {
 	return upstream.UserConfig{
 		DataDir:        t.TempDir(),
 		AtlantisURL:    "http://127.0.0.1:4141",

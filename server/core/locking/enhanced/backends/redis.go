@@ -61,11 +61,12 @@ type Redis struct {
 
 	closed    chan struct{}
 	closeOnce sync.Once
-	// abandoning tracks the goroutines of abandon; closing, under abandonMu,
-	// stops new ones once Close waits for them.
-	abandonMu  sync.Mutex
-	closing    bool
-	abandoning sync.WaitGroup
+	// inFlight tracks waits and the goroutines of abandon, which Close waits
+	// for so that they leave Redis before the caller closes the client;
+	// closing, under closeMu, stops new ones once Close waits.
+	closeMu  sync.Mutex
+	closing  bool
+	inFlight sync.WaitGroup
 }
 
 var _ enhanced.Backend = (*Redis)(nil)
@@ -226,15 +227,27 @@ func (r *Redis) NonEnhancedWrites() NonEnhancedWrites {
 }
 
 // Close ends pending waits, which leave their queues, and the attempts to give
-// back abandoned acquisitions. It does not close the client, which belongs to
+// back abandoned acquisitions, and returns once they are done. It does not close the client, which belongs to
 // the caller.
 func (r *Redis) Close() error {
 	r.closeOnce.Do(func() { close(r.closed) })
-	r.abandonMu.Lock()
+	r.closeMu.Lock()
 	r.closing = true
-	r.abandonMu.Unlock()
-	r.abandoning.Wait()
+	r.closeMu.Unlock()
+	r.inFlight.Wait()
 	return nil
+}
+
+// track counts a wait or an abandon in, unless the backend is closing; the
+// caller calls done when it ends.
+func (r *Redis) track() (done func(), ok bool) {
+	r.closeMu.Lock()
+	defer r.closeMu.Unlock()
+	if r.closing {
+		return nil, false
+	}
+	r.inFlight.Add(1)
+	return r.inFlight.Done, true
 }
 
 // decodeLock decodes a stored lock and notes a lock written by a replica

@@ -22,16 +22,14 @@ const abandonRetry = time.Second
 // lock still held then stays with its pull, which releases it when closed or
 // unlocked.
 func (r *Redis) abandon(k lockKeys, token, value string) {
-	r.abandonMu.Lock()
-	defer r.abandonMu.Unlock()
-	if r.closing {
+	done, ok := r.track()
+	if !ok {
 		r.logger.Warn("backend closed before an unused acquisition of lock %q could be given back; "+
 			"if it was taken, its pull holds it until the pull is closed or unlocked", k.lock)
 		return
 	}
-	r.abandoning.Add(1)
 	go func() {
-		defer r.abandoning.Done()
+		defer done()
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
 			cmd := runAll(ctx, r.client, []scriptCall{leaveCall(k, token, value, false)})[0]

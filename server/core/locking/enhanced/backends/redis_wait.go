@@ -37,6 +37,11 @@ func (r *Redis) TryLockWithTimeout(ctx context.Context, req enhanced.LockRequest
 	if err != nil {
 		return false, curr, err
 	}
+	done, ok := r.track()
+	if !ok {
+		return false, curr, errClosed
+	}
+	defer done()
 	return w.wait(ctx, timeout, curr)
 }
 
