@@ -66,10 +66,13 @@ func guard(t *testing.T, database db.Database) *legacydb.Guarded {
 	return g
 }
 
+// openRedis returns a backend on client, closed when the test ends, before
+// the client: closing ends its waits.
 func openRedis(t *testing.T, client redis.UniversalClient) *backends.Redis {
 	t.Helper()
 	r, err := backends.NewRedis(client, backends.RedisOptions{Logger: logging.NewNoopLogger(t)})
 	Ok(t, err)
+	t.Cleanup(func() { r.Close() }) // nolint: errcheck
 	return r
 }
 

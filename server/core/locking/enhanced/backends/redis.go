@@ -104,7 +104,7 @@ func (r *Redis) TryLock(ctx context.Context, req enhanced.LockRequest) (bool, mo
 	token := newToken()
 	value, err := encodeLock(req.Lock, token)
 	if err != nil {
-		return false, models.ProjectLock{}, fmt.Errorf("%s %q: %w", "locking", k.lock, err)
+		return false, models.ProjectLock{}, fmt.Errorf("locking %q: %w", k.lock, err)
 	}
 	args := []any{value, baseRepo(req.Lock), req.Lock.Pull.Num, token}
 	reply, err := r.runIndexed(ctx, acquireScript, k, req.Lock, args...)
