@@ -225,3 +225,20 @@ func TestRedisServer_RestartDuringFallbackReplays(t *testing.T) {
 	value := client.Get(ctx, "pr/org/repo/during/default/").Val()
 	Assert(t, strings.Contains(value, `"Num":2`), "the lock taken during the fallback is not in Redis: %q", value)
 }
+
+// TestRedisServer_StartsDespiteAnIndexItCannotRepair: an index that cannot
+// be repaired (here a corrupt value at an indexed lock key) is reported and
+// start-up goes on.
+func TestRedisServer_StartsDespiteAnIndexItCannotRepair(t *testing.T) {
+	ctx := context.Background()
+	redisSrv := redistest.Start(t)
+	client := redisSrv.Client(t)
+	Ok(t, client.Set(ctx, "pr/org/repo/dir/default/", "not a lock", 0).Err())
+	Ok(t, client.SAdd(ctx, "locks", "pr/org/repo/dir/default/").Err())
+	Ok(t, client.SAdd(ctx, "locks:shards", "locks").Err())
+
+	srv, _ := startTestServer(t, testUserConfig(t), redisConfig(redisSrv.Addr))
+	resp, err := srv.Locker.TryLock(models.NewProject("org/repo", "other", ""), "default", models.PullRequest{Num: 1}, models.User{Username: "alice"})
+	Ok(t, err)
+	Assert(t, resp.LockAcquired, "no lock after a start with an index it could not repair")
+}

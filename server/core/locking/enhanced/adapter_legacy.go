@@ -18,9 +18,10 @@ import (
 // replica, so with several replicas it keeps copies of locks another replica
 // released. A copy the backend released at or after the copy's acquisition
 // time is such a stale copy: it is not imported, and is removed from the
-// legacy database, so neither this start nor a rollback brings it back. Any
-// other lock was taken while enhanced locking was off and is imported; one
-// another pull holds in the backend is reported, never overwritten.
+// legacy database, so neither this start nor a rollback brings it back. Every
+// other lock is imported: one taken while enhanced locking was off lands in
+// the backend, one the backend still holds for the same pull stays as it is,
+// and one another pull holds there is reported, never overwritten.
 func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 	locks, err := a.legacy.List()
 	if err != nil {
