@@ -47,12 +47,13 @@ func (a *Adapter) call(op func(context.Context) error, wait time.Duration) error
 	})
 }
 
-// backendUnavailable tells the health report at once that an operation found
-// the backend out of reach, and falls back when that is allowed. No mode lock
-// may be held: switching takes it.
+// backendUnavailable falls back when that is allowed and tells the health
+// report at once that an operation found the backend out of reach. The switch
+// comes first, so it is logged with the operation's own error rather than the
+// health report's. No mode lock may be held: switching takes it.
 func (a *Adapter) backendUnavailable(cause error) {
-	a.opts.BackendUnavailable(cause)
 	a.setBackendDown(cause)
+	a.opts.BackendUnavailable(cause)
 }
 
 func (a *Adapter) setBackendDown(cause error) {

@@ -34,7 +34,7 @@ import (
 // not identify it. When the effective tag itself contains a "}" (a key without
 // a valid tag but with a closing brace), T is instead a brace-free string
 // chosen from a fixed table to hash to the same slot. For ordinary names T is
-// the lock key and S is empty: o{pr/org/repo/dir/default/}.
+// the lock key and S is empty: w{pr/org/repo/dir/default/}.
 //
 // A KeyPrefix is prepended to every key. It switches off compatibility with
 // upstream replicas, whose keys are never prefixed.
