@@ -276,6 +276,6 @@ func TestNonEnhancedWritesAreReported(t *testing.T) {
 	seen := ours.NonEnhancedWrites()
 	Equals(t, int64(1), seen.Locks)
 	Equals(t, "pr/org/repo/theirs/default/", seen.LastKey)
-	Assert(t, !seen.LastSeen.IsZero(), "no time")
+	Assert(t, seen.LastSeen != nil && !seen.LastSeen.IsZero(), "no time")
 	Equals(t, int64(1), scope.Snapshot().Counters()["non_enhanced_lock_writes_total+"].Value())
 }

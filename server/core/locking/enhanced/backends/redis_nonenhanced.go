@@ -18,9 +18,9 @@ import (
 type NonEnhancedWrites struct {
 	// Locks counts distinct such lock values seen since start-up.
 	Locks int64 `json:"locks_seen"`
-	// LastKey and LastSeen name the latest one.
-	LastKey  string    `json:"last_key,omitempty"`
-	LastSeen time.Time `json:"last_seen,omitempty"`
+	// LastKey and LastSeen name the latest one; absent until one is seen.
+	LastKey  string     `json:"last_key,omitempty"`
+	LastSeen *time.Time `json:"last_seen,omitempty"`
 }
 
 // maxRemembered bounds the set of values already counted; past it the set is
@@ -58,8 +58,9 @@ func (n *nonEnhancedWrites) observe(key, value string, lock models.ProjectLock) 
 	}
 	n.seen[sum] = struct{}{}
 	n.state.Locks++
+	now := time.Now()
 	n.state.LastKey = key
-	n.state.LastSeen = time.Now()
+	n.state.LastSeen = &now
 	n.mu.Unlock()
 
 	n.counter.Inc(1)
