@@ -24,7 +24,9 @@ func BenchmarkHealthzWhileAWaitIsPending(b *testing.B) {
 	cfg.Fallback.Mode = FallbackBoltDB
 	cfg.Features.WaitTimeout = time.Hour
 	cfg.Performance.HealthCheckInterval = 5 * time.Millisecond
-	srv, err := NewServer(testUserConfig(b), testConfig(), cfg)
+	userConfig := testUserConfig(b)
+	userConfig.LogLevel = "error" // the benchmark's lines stay readable
+	srv, err := NewServer(userConfig, testConfig(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
