@@ -1,5 +1,9 @@
 # The README's two commands are `make run` and `make test`; both install what
 # they need first.
+SHELL := bash
+# A pipe fails when any of its commands fails, so a filtered benchmark or
+# test run cannot hide a failure.
+.SHELLFLAGS := -o pipefail -c
 GO ?= go
 PKGS = ./...
 TOOLS = $(CURDIR)/.tools/bin
@@ -29,8 +33,10 @@ unit:
 e2e: deps build
 	$(GO) test -count=1 -timeout 20m -v ./e2e/...
 
+# Lock latency through db.Database against upstream's databases, interleaved,
+# as BENCH lines (see runatlantis.io/docs/enhanced-locking-benchmarks.md).
 bench: deps
-	ATLANTIS_BENCH_SUMMARY=1 $(GO) test -count=1 -run 'TestBenchSummary' -bench . -benchtime 2000x ./server/core/locking/enhanced/backends/
+	ATLANTIS_BENCH_SUMMARY=1 $(GO) test -count=1 -timeout 20m -v -run '^TestBenchSummary$$'  ./server/core/locking/enhanced/ | grep -E '^(BENCH|--- FAIL|FAIL|ok)'
 	$(GO) test -count=1 -run '^$$' -bench 'HealthzWhileAWaitIsPending' -benchtime 5000x ./server/
 
 # The offline testdrive: two replicas, Redis, a GitHub stand-in and a story.

@@ -31,8 +31,7 @@ func BenchmarkHealthzWhileAWaitIsPending(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		srv.Adapter.Close()                  // nolint: errcheck
-		srv.backend.Close()                  // nolint: errcheck
+		srv.closeEnhanced()                  // nolint: errcheck
 		srv.LocksController.Database.Close() // nolint: errcheck
 	})
 	srv.registerRoutes()

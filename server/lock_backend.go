@@ -62,12 +62,23 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 		if err != nil {
 			return nil, fmt.Errorf("enhanced locking: %w", err)
 		}
-		backend, err := backends.NewRedis(client, backends.RedisOptions{KeyPrefix: r.KeyPrefix, Logger: logger, Scope: scope})
-		if err != nil {
+		if err := backends.ValidateKeyPrefix(r.KeyPrefix); err != nil {
 			client.Close() // nolint: errcheck
 			return nil, fmt.Errorf("invalid --enhanced-locking-redis-key-prefix: %w", err)
 		}
 		shared, err := sharesLegacyLocks(ctx, client, r.KeyPrefix, userConfig.LockingDBType, legacy)
+		if err != nil {
+			client.Close() // nolint: errcheck
+			return nil, fmt.Errorf("enhanced locking: %w", err)
+		}
+		backend, err := backends.NewRedis(client, backends.RedisOptions{
+			KeyPrefix: r.KeyPrefix,
+			Logger:    logger,
+			Scope:     scope,
+			// Upstream's database on our keys is the legacy store: nothing is
+			// ever imported, so release times would serve nothing.
+			NoReleaseTimes: shared,
+		})
 		if err != nil {
 			client.Close() // nolint: errcheck
 			return nil, fmt.Errorf("enhanced locking: %w", err)
@@ -88,7 +99,7 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 // Scans for locks written by replicas without enhanced locking: how often,
 // and how long one may take.
 const (
-	unindexedScanInterval = 10 * time.Minute
+	unindexedScanInterval = time.Minute
 	unindexedScanTimeout  = 5 * time.Minute
 )
 

@@ -77,7 +77,6 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,
 		SeparateLegacyLocks: backend.separateFromLegacy,
-		SharedLegacyLocks:   backend.sharedWithLegacy,
 		FallbackToLegacy:    s.Config.Fallback.Mode == FallbackBoltDB,
 		WaitTimeout:         s.Config.Features.WaitTimeout,
 		Retry:               retryPolicy(s.Config.Features),
@@ -181,12 +180,20 @@ func (s *Server) Start() error {
 	defer cancel()
 	s.watchBackend(ctx)
 	err := s.Server.Start()
-	if s.backend != nil {
-		if closeErr := errors.Join(s.Adapter.Close(), s.backend.Close()); closeErr != nil {
-			s.Logger.Err("closing enhanced locking backend: %v", closeErr)
-		}
+	if closeErr := s.closeEnhanced(); closeErr != nil {
+		s.Logger.Err("closing enhanced locking backend: %v", closeErr)
 	}
 	return err
+}
+
+// closeEnhanced stops enhanced locking at shutdown: the lock changes still on
+// their way into the legacy database land there, then the backend and its
+// Redis client close. Upstream closes the legacy database after.
+func (s *Server) closeEnhanced() error {
+	if s.backend == nil {
+		return nil
+	}
+	return errors.Join(s.Adapter.Close(), s.backend.Close())
 }
 
 // watchBackend checks the backend's health until ctx is done, switching the

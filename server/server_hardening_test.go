@@ -215,7 +215,7 @@ func TestRedisServer_RestartDuringFallbackReplays(t *testing.T) {
 	resp, err = first.Locker.TryLock(during, "default", models.PullRequest{Num: 2}, user)
 	Ok(t, err)
 	Assert(t, resp.LockAcquired, "the fallback did not grant a free lock")
-	first.backend.Close()                  // nolint: errcheck
+	first.closeEnhanced()                  // nolint: errcheck
 	first.LocksController.Database.Close() // nolint: errcheck
 
 	redisSrv.Restart()

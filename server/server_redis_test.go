@@ -33,9 +33,7 @@ func startTestServer(t *testing.T, userConfig upstream.UserConfig, cfg EnhancedL
 	srv, err := NewServer(userConfig, testConfig(), cfg)
 	Ok(t, err)
 	t.Cleanup(func() {
-		if srv.Adapter != nil {
-			srv.backend.Close() // nolint: errcheck
-		}
+		srv.closeEnhanced()                  // nolint: errcheck
 		srv.LocksController.Database.Close() // nolint: errcheck
 	})
 	srv.registerRoutes()
@@ -119,7 +117,7 @@ func TestRedisServer_EnableDisableKeepsLocks(t *testing.T) {
 	Ok(t, err)
 	_, err = enabled.Locker.TryLock(project, "default", models.PullRequest{Num: 1}, user)
 	Ok(t, err)
-	Ok(t, enabled.backend.Close())
+	Ok(t, enabled.closeEnhanced())
 	Ok(t, enabled.LocksController.Database.Close())
 
 	disabled, err := NewServer(userConfig, testConfig(), DefaultEnhancedLockingConfig())
@@ -135,7 +133,7 @@ func TestRedisServer_EnableDisableKeepsLocks(t *testing.T) {
 
 	reenabled, err := NewServer(userConfig, testConfig(), redisConfig(redisSrv.Addr))
 	Ok(t, err)
-	defer reenabled.backend.Close()                  // nolint: errcheck
+	defer reenabled.closeEnhanced()                  // nolint: errcheck
 	defer reenabled.LocksController.Database.Close() // nolint: errcheck
 	resp, err = reenabled.Locker.TryLock(other, "default", models.PullRequest{Num: 3}, user)
 	Ok(t, err)

@@ -26,14 +26,10 @@ type AdapterOptions struct {
 	// from the backend's. Then every lock change is mirrored into it, so that
 	// turning enhanced locking off finds every lock, and unlocks clean it too.
 	// It must be false when the backend stores its locks in the legacy
-	// database itself.
+	// database itself, or when the legacy database is upstream's Redis
+	// database on the backend's own keys (where locks upstream replicas write
+	// reach the backend's indexes as it sees them and by its background scan).
 	SeparateLegacyLocks bool
-	// SharedLegacyLocks says the legacy database is upstream's Redis database
-	// reading the very keys the backend writes, as in a fleet that mixes
-	// upstream and enhanced replicas. Upstream replicas index nothing, so
-	// releasing a pull's locks also asks the legacy database for any the
-	// backend's index does not know: a scan, as upstream itself does.
-	SharedLegacyLocks bool
 	// FallbackToLegacy sends lock operations to the legacy database while the
 	// backend is unreachable. Only safe for a single replica.
 	FallbackToLegacy bool
@@ -76,6 +72,9 @@ type Adapter struct {
 	// legacy state, journals what it will change, then changes it.
 	fallbackMu sync.Mutex
 	journal    *FallbackJournal
+	// mirror copies lock changes into the legacy database, when it keeps
+	// locks of its own (SeparateLegacyLocks).
+	mirror *legacyMirror
 }
 
 var _ db.Database = (*Adapter)(nil)
@@ -105,7 +104,9 @@ func NewAdapter(legacy *legacydb.Guarded, backend Backend, opts AdapterOptions) 
 	if opts.FallbackJournal == nil {
 		opts.FallbackJournal, _ = OpenFallbackJournal("") // in memory: cannot fail
 	}
-	return &Adapter{legacy: legacy, backend: backend, opts: opts, metrics: newAdapterMetrics(opts.Scope), journal: opts.FallbackJournal}
+	a := &Adapter{legacy: legacy, backend: backend, opts: opts, metrics: newAdapterMetrics(opts.Scope), journal: opts.FallbackJournal}
+	a.mirror = newLegacyMirror(legacy, a.mirrorFailed)
+	return a
 }
 
 // ActiveBackend names where lock operations go right now. It takes no lock,
@@ -186,24 +187,29 @@ func (a *Adapter) wait(req LockRequest) (bool, models.ProjectLock, error) {
 	return a.grantedAfterFallingBack(current)
 }
 
-// Unlock implements db.Database. It releases by owner, not by key: a retry
-// after a lost reply must not release the pull the lock was handed to in the
-// meantime. It cleans the legacy database as well, where a stray copy the
-// backend never had may live.
+// Unlock implements db.Database: one release by key in the backend. The
+// backend repeats a call whose reply was lost under the same call id, which
+// answers as the first run did, so a repeat never releases the pull the lock
+// was handed to meanwhile. The legacy copy goes too, along with any stray
+// copy the backend never had.
 func (a *Adapter) Unlock(project models.Project, workspace string) (*models.ProjectLock, error) {
-	holder, err := a.GetLock(project, workspace)
-	if err != nil {
-		return nil, err
-	}
-	if holder == nil && a.opts.SeparateLegacyLocks {
-		if holder, err = a.legacy.GetLock(project, workspace); err != nil {
-			return nil, a.wrap("unlock", err)
+	var lock *models.ProjectLock
+	_, err := a.run(func() error {
+		err := a.call(func(ctx context.Context) error {
+			var err error
+			lock, err = a.backend.Unlock(ctx, project, workspace)
+			return err
+		}, 0)
+		if err == nil && a.opts.SeparateLegacyLocks {
+			a.mirrorUnlock(project, workspace, nil)
 		}
-	}
-	if holder == nil {
-		return nil, nil
-	}
-	return a.UnlockIfOwnedByPull(project, workspace, holder.Pull.Num)
+		return err
+	}, func() error {
+		var err error
+		lock, err = a.fallbackUnlock(project, workspace, nil)
+		return err
+	})
+	return lock, a.wrap("unlock", err)
 }
 
 // UnlockIfOwnedByPull implements db.Database.
@@ -215,20 +221,13 @@ func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, 
 			lock, err = a.backend.UnlockIfOwnedByPull(ctx, project, workspace, pullNum)
 			return err
 		}, 0)
-		if err != nil || !a.opts.SeparateLegacyLocks {
-			return err
+		if err == nil && a.opts.SeparateLegacyLocks {
+			a.mirrorUnlock(project, workspace, &pullNum)
 		}
-		legacyLock, legacyErr := a.legacy.UnlockIfOwnedByPull(project, workspace, pullNum)
-		if legacyErr != nil {
-			a.mirrorFailed(lock, legacyErr)
-		}
-		if lock == nil {
-			lock = legacyLock
-		}
-		return nil
+		return err
 	}, func() error {
 		var err error
-		lock, err = a.fallbackUnlock(project, workspace, pullNum)
+		lock, err = a.fallbackUnlock(project, workspace, &pullNum)
 		return err
 	})
 	return lock, a.wrap("unlock", err)
@@ -243,15 +242,10 @@ func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.Proje
 			locks, err = a.backend.UnlockByPull(ctx, repoFullName, pullNum)
 			return err
 		}, 0)
-		if err != nil || !(a.opts.SeparateLegacyLocks || a.opts.SharedLegacyLocks) {
-			return err
+		if err == nil && a.opts.SeparateLegacyLocks {
+			a.mirrorUnlockByPull(repoFullName, pullNum)
 		}
-		legacyLocks, legacyErr := a.legacy.UnlockByPull(repoFullName, pullNum)
-		if legacyErr != nil {
-			a.mirrorFailed(nil, legacyErr)
-		}
-		locks = mergeLocks(locks, legacyLocks)
-		return nil
+		return err
 	}, func() error {
 		var err error
 		locks, err = a.fallbackUnlockByPull(repoFullName, pullNum)
@@ -281,17 +275,11 @@ func (a *Adapter) GetLock(project models.Project, workspace string) (*models.Pro
 func (a *Adapter) List() ([]models.ProjectLock, error) {
 	var locks []models.ProjectLock
 	_, err := a.run(func() error {
-		err := a.call(func(ctx context.Context) error {
+		return a.call(func(ctx context.Context) error {
 			var err error
 			locks, err = a.backend.List(ctx)
 			return err
 		}, 0)
-		if err != nil || !a.opts.SharedLegacyLocks {
-			return err
-		}
-		upstreamLocks, err := a.legacy.List()
-		locks = mergeLocks(locks, upstreamLocks)
-		return err
 	}, func() error {
 		var err error
 		locks, err = a.legacy.List()
@@ -398,22 +386,17 @@ func (a *Adapter) Ping() error {
 	return nil
 }
 
-// Close closes the backend and the fallback journal, whose entries stay on
+// Flush returns once every lock change made so far is copied into the legacy
+// database.
+func (a *Adapter) Flush() {
+	a.mirror.flush()
+}
+
+// Close copies the lock changes still on their way into the legacy database,
+// then closes the backend and the fallback journal, whose entries stay on
 // disk for the next start. The legacy database belongs to upstream's server,
 // which closes it.
 func (a *Adapter) Close() error {
+	a.mirror.close()
 	return errors.Join(a.backend.Close(), a.journal.Close())
-}
-
-func mergeLocks(a, b []models.ProjectLock) []models.ProjectLock {
-	seen := make(map[string]bool, len(a))
-	out := make([]models.ProjectLock, 0, len(a)+len(b))
-	for _, l := range append(a, b...) {
-		key := models.GenerateLockKey(l.Project, l.Workspace)
-		if !seen[key] {
-			seen[key] = true
-			out = append(out, l)
-		}
-	}
-	return out
 }

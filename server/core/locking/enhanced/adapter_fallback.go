@@ -26,15 +26,20 @@ func (a *Adapter) fallbackTryLock(lock models.ProjectLock) (bool, models.Project
 	return a.legacy.TryLock(lock)
 }
 
-func (a *Adapter) fallbackUnlock(project models.Project, workspace string, pullNum int) (*models.ProjectLock, error) {
+// fallbackUnlock releases the lock if pull *pullNum holds it, or whoever
+// holds it when pullNum is nil.
+func (a *Adapter) fallbackUnlock(project models.Project, workspace string, pullNum *int) (*models.ProjectLock, error) {
 	holder, err := a.legacy.GetLock(project, workspace)
-	if err != nil || holder == nil || holder.Pull.Num != pullNum {
+	if err != nil || holder == nil || (pullNum != nil && holder.Pull.Num != *pullNum) {
 		return nil, err
 	}
-	if err := a.journal.touchLock(project, workspace, pullNum); err != nil {
+	if err := a.journal.touchLock(project, workspace, holder.Pull.Num); err != nil {
 		return nil, err
 	}
-	return a.legacy.UnlockIfOwnedByPull(project, workspace, pullNum)
+	if pullNum == nil {
+		return a.legacy.Unlock(project, workspace)
+	}
+	return a.legacy.UnlockIfOwnedByPull(project, workspace, *pullNum)
 }
 
 func (a *Adapter) fallbackUnlockByPull(repoFullName string, pullNum int) ([]models.ProjectLock, error) {
@@ -151,7 +156,8 @@ func (a *Adapter) conflict(lock, current models.ProjectLock) {
 		models.GenerateLockKey(lock.Project, lock.Workspace), lock.Pull.Num, a.opts.BackendName, current.Pull.Num, a.opts.BackendName, lock.Pull.Num)
 	a.opts.Events.Publish(Event{Type: EventLockConflict, Time: time.Now(), Lock: &lock, Current: &current})
 	if a.opts.SeparateLegacyLocks {
-		a.mirrorLock(current)
+		// At once: a replay reads the legacy database next.
+		a.mirror.apply(copyLock(current))
 	}
 }
 

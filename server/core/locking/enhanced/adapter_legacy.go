@@ -7,6 +7,8 @@ import (
 
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
 // ImportLegacyLocks copies every lock and the global apply lock from the
@@ -39,7 +41,7 @@ func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 			a.dropStaleCopy(lock, released[i])
 			continue
 		}
-		if err := a.copyLock(ctx, lock); err != nil {
+		if err := a.importLock(ctx, lock); err != nil {
 			return 0, a.wrap("import legacy lock", err)
 		}
 		imported++
@@ -56,9 +58,9 @@ func (a *Adapter) ImportLegacyLocks(ctx context.Context) (int, error) {
 	return imported, nil
 }
 
-// copyLock puts a lock from the legacy database into the backend, reporting a
-// conflict if another pull holds it there.
-func (a *Adapter) copyLock(ctx context.Context, lock models.ProjectLock) error {
+// importLock puts a lock from the legacy database into the backend, reporting
+// a conflict if another pull holds it there.
+func (a *Adapter) importLock(ctx context.Context, lock models.ProjectLock) error {
 	acquired, current, err := a.backend.TryLock(ctx, LockRequest{Lock: lock, Priority: PriorityNormal})
 	if err != nil {
 		return err
@@ -103,47 +105,79 @@ func (a *Adapter) copyCommandLock(ctx context.Context, cmdName command.Name, loc
 	return err
 }
 
+// Mirror changes: what the adapter enqueues on legacyMirror after the
+// backend changed a lock, when the legacy database keeps locks of its own.
+// Each is safe to make late: it brings the legacy copy to the state the
+// backend was in when the change was enqueued.
+
 // mirrorLock copies a lock the backend granted into the legacy database. The
 // backend is the truth: a different holder in the legacy copy is stale (its
 // release there has not landed yet, or a fallback conflict left it) and is
 // replaced. A failure leaves the lock valid, since only a later rollback
 // would miss it, so it is reported and the request still succeeds.
 func (a *Adapter) mirrorLock(lock models.ProjectLock) {
-	acquired, current, err := a.legacy.TryLock(lock)
-	if err == nil && !acquired && current.Pull.Num != lock.Pull.Num {
-		if _, err = a.legacy.UnlockIfOwnedByPull(lock.Project, lock.Workspace, current.Pull.Num); err == nil {
-			acquired, current, err = a.legacy.TryLock(lock)
-		}
+	a.mirror.enqueue(copyLock(lock))
+}
+
+func copyLock(lock models.ProjectLock) mirrorChange {
+	return func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
+		acquired, current, err := legacy.TryLock(lock)
 		if err == nil && !acquired && current.Pull.Num != lock.Pull.Num {
-			err = fmt.Errorf("the legacy database has %s held by pull #%d", models.GenerateLockKey(lock.Project, lock.Workspace), current.Pull.Num)
+			if _, err = legacy.UnlockIfOwnedByPull(lock.Project, lock.Workspace, current.Pull.Num); err == nil {
+				acquired, current, err = legacy.TryLock(lock)
+			}
+			if err == nil && !acquired && current.Pull.Num != lock.Pull.Num {
+				err = fmt.Errorf("the legacy database has %s held by pull #%d", models.GenerateLockKey(lock.Project, lock.Workspace), current.Pull.Num)
+			}
 		}
+		return &lock, err
 	}
-	if err != nil {
-		a.mirrorFailed(&lock, err)
-	}
+}
+
+// mirrorUnlock copies a release into the legacy database: of whoever holds
+// the lock there, or only of pull *pullNum.
+func (a *Adapter) mirrorUnlock(project models.Project, workspace string, pullNum *int) {
+	a.mirror.enqueue(func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
+		var err error
+		if pullNum == nil {
+			_, err = legacy.Unlock(project, workspace)
+		} else {
+			_, err = legacy.UnlockIfOwnedByPull(project, workspace, *pullNum)
+		}
+		return nil, err
+	})
+}
+
+// mirrorUnlockByPull releases the pull's locks in the legacy database,
+// including any stray copy the backend never had.
+func (a *Adapter) mirrorUnlockByPull(repoFullName string, pullNum int) {
+	a.mirror.enqueue(func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
+		_, err := legacy.UnlockByPull(repoFullName, pullNum)
+		return nil, err
+	})
 }
 
 // mirrorCommandLock and mirrorCommandUnlock copy the global apply lock into
 // the legacy database, which refuses to lock what is locked and to unlock
 // what is not: look first.
 func (a *Adapter) mirrorCommandLock(cmdName command.Name, lockTime time.Time) {
-	current, err := a.legacy.CheckCommandLock(cmdName)
-	if err == nil && (current == nil || !current.IsLocked()) {
-		_, err = a.legacy.LockCommand(cmdName, lockTime)
-	}
-	if err != nil {
-		a.mirrorFailed(nil, err)
-	}
+	a.mirror.enqueue(func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
+		current, err := legacy.CheckCommandLock(cmdName)
+		if err == nil && (current == nil || !current.IsLocked()) {
+			_, err = legacy.LockCommand(cmdName, lockTime)
+		}
+		return nil, err
+	})
 }
 
 func (a *Adapter) mirrorCommandUnlock(cmdName command.Name) {
-	current, err := a.legacy.CheckCommandLock(cmdName)
-	if err == nil && current != nil && current.IsLocked() {
-		err = a.legacy.UnlockCommand(cmdName)
-	}
-	if err != nil {
-		a.mirrorFailed(nil, err)
-	}
+	a.mirror.enqueue(func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
+		current, err := legacy.CheckCommandLock(cmdName)
+		if err == nil && current != nil && current.IsLocked() {
+			err = legacy.UnlockCommand(cmdName)
+		}
+		return nil, err
+	})
 }
 
 func (a *Adapter) mirrorFailed(lock *models.ProjectLock, err error) {

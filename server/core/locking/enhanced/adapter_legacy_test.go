@@ -29,6 +29,7 @@ func TestAdapter_ImportDoesNotResurrectReleasedLocks(t *testing.T) {
 	acquired, _, err := replica1.TryLock(merged)
 	Ok(t, err)
 	Assert(t, acquired, "lock not acquired")
+	replica1.Flush()
 	released, err := replica2.UnlockByPull("org/repo", 1) // the pull merged, on replica 2
 	Ok(t, err)
 	Equals(t, 1, len(released))
@@ -38,6 +39,7 @@ func TestAdapter_ImportDoesNotResurrectReleasedLocks(t *testing.T) {
 
 	// Replica 1 restarts after a spell with enhanced locking off, during
 	// which upstream took a lock in its file.
+	Ok(t, replica1.Close())
 	time.Sleep(2 * time.Millisecond)
 	whileOff := enhancedtest.NewLock("org/repo", "while-off", "default", "", 2)
 	acquired, _, err = legacy1.TryLock(whileOff)

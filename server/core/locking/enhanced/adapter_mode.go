@@ -65,6 +65,9 @@ func (a *Adapter) setBackendDown(cause error) {
 	if a.fallback.Load() {
 		return
 	}
+	// The fallback serves from the legacy database: it must hold every
+	// change the backend made first.
+	a.mirror.flush()
 	a.fallback.Store(true)
 	a.metrics.fallback("legacy")
 	a.opts.Logger.Warn("enhanced locking: %s is unreachable (%v); locks go to the legacy database until it returns (--enhanced-locking-fallback=boltdb, safe for one replica only)", a.opts.BackendName, cause)

@@ -124,7 +124,7 @@ func TestAdapter_WaitGrantedAfterFallbackIsSettledByLegacy(t *testing.T) {
 	backend, err := backends.NewRedis(client, backends.RedisOptions{WaiterTTL: 300 * time.Millisecond, Logger: logging.NewNoopLogger(t)})
 	Ok(t, err)
 	t.Cleanup(func() { backend.Close() }) // nolint: errcheck
-	adapter := enhanced.NewAdapter(guard(t, legacy), backend, enhanced.AdapterOptions{
+	adapter := newAdapter(t, guard(t, legacy), backend, enhanced.AdapterOptions{
 		BackendName:         "redis",
 		SeparateLegacyLocks: true,
 		FallbackToLegacy:    true,

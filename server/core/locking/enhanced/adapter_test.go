@@ -55,7 +55,16 @@ func newRedisAdapter(t *testing.T, client redis.UniversalClient, legacy *boltdb.
 	if opts.Logger == nil {
 		opts.Logger = logging.NewNoopLogger(t)
 	}
-	return enhanced.NewAdapter(guard(t, legacy), openRedis(t, client), opts)
+	return newAdapter(t, guard(t, legacy), openRedis(t, client), opts)
+}
+
+// newAdapter is enhanced.NewAdapter, closed when the test ends, before the
+// legacy database: closing copies what is still on its way into it.
+func newAdapter(t *testing.T, legacy *legacydb.Guarded, backend enhanced.Backend, opts enhanced.AdapterOptions) *enhanced.Adapter {
+	t.Helper()
+	a := enhanced.NewAdapter(legacy, backend, opts)
+	t.Cleanup(func() { a.Close() }) // nolint: errcheck
+	return a
 }
 
 // guard is the one guard the server puts around the legacy database.
@@ -91,7 +100,7 @@ func adapterModes(t *testing.T) map[string]func(t *testing.T) *enhanced.Adapter 
 		},
 		"boltdb": func(t *testing.T) *enhanced.Adapter {
 			legacy := guard(t, openBolt(t, t.TempDir()))
-			return enhanced.NewAdapter(legacy, backends.NewBoltDB(legacy, logging.NewNoopLogger(t)), enhanced.AdapterOptions{BackendName: "boltdb"})
+			return newAdapter(t, legacy, backends.NewBoltDB(legacy, logging.NewNoopLogger(t)), enhanced.AdapterOptions{BackendName: "boltdb"})
 		},
 		"redis-down-fallback-boltdb": func(t *testing.T) *enhanced.Adapter {
 			a := newRedisAdapter(t, downClient, openBolt(t, t.TempDir()), enhanced.AdapterOptions{FallbackToLegacy: true})
@@ -185,22 +194,26 @@ func TestAdapter_MirrorsIntoLegacy(t *testing.T) {
 	val, err := client.Get(context.Background(), "pr/org/repo/dir/default/").Result()
 	Ok(t, err)
 	Assert(t, strings.Contains(val, `"Num":1`), "redis value %s", val)
+	adapter.Flush()
 	mirrored, err := legacy.GetLock(lock.Project, lock.Workspace)
 	Ok(t, err)
 	Assert(t, mirrored != nil && mirrored.Pull.Num == 1, "lock not mirrored into the legacy database")
 
 	_, err = adapter.LockCommand(command.Apply, time.Now())
 	Ok(t, err)
+	adapter.Flush()
 	legacyApply, err := legacy.CheckCommandLock(command.Apply)
 	Ok(t, err)
 	Assert(t, legacyApply != nil, "global apply lock not mirrored")
 
 	_, err = adapter.Unlock(lock.Project, lock.Workspace)
 	Ok(t, err)
+	adapter.Flush()
 	mirrored, err = legacy.GetLock(lock.Project, lock.Workspace)
 	Ok(t, err)
 	Assert(t, mirrored == nil, "unlock must clean the legacy database too")
 	Ok(t, adapter.UnlockCommand(command.Apply))
+	adapter.Flush()
 	legacyApply, err = legacy.CheckCommandLock(command.Apply)
 	Ok(t, err)
 	Assert(t, legacyApply == nil, "global apply unlock not mirrored")
@@ -208,28 +221,45 @@ func TestAdapter_MirrorsIntoLegacy(t *testing.T) {
 
 // TestAdapter_MixedFleetUnlockByPull: in a fleet that mixes upstream and
 // enhanced replicas on one Redis, closing a pull on an enhanced replica also
-// releases the locks an upstream replica took for it, which no index knows.
+// releases the locks an upstream replica took for it, which carry no index:
+// one an enhanced replica read is indexed at once, the others by the
+// background scan. No call scans the keyspace.
 func TestAdapter_MixedFleetUnlockByPull(t *testing.T) {
+	ctx := context.Background()
 	client := redistest.Start(t).Client(t)
 	upstreamReplica, err := upstreamredis.NewWithClient(client, "", "")
 	Ok(t, err)
-	adapter := enhanced.NewAdapter(guard(t, upstreamReplica), openRedis(t, client), enhanced.AdapterOptions{BackendName: "redis", SharedLegacyLocks: true})
-	byUpstream := enhancedtest.NewLock("org/repo", "upstream", "default", "", 5)
-	acquired, _, err := upstreamReplica.TryLock(byUpstream)
-	Ok(t, err)
-	Assert(t, acquired, "setup lock not acquired")
+	backend := openRedis(t, client)
+	adapter := newAdapter(t, guard(t, upstreamReplica), backend, enhanced.AdapterOptions{BackendName: "redis"})
+	seen := enhancedtest.NewLock("org/repo", "seen", "default", "", 5)
+	scanned := enhancedtest.NewLock("org/repo", "scanned", "default", "", 5)
+	otherPull := enhancedtest.NewLock("org/repo", "other", "default", "", 6)
+	for _, l := range []models.ProjectLock{seen, scanned, otherPull} {
+		acquired, _, err := upstreamReplica.TryLock(l)
+		Ok(t, err)
+		Assert(t, acquired, "setup lock not acquired")
+	}
 	byEnhanced := enhancedtest.NewLock("org/repo", "enhanced", "default", "", 5)
-	acquired, _, err = adapter.TryLock(byEnhanced)
+	acquired, _, err := adapter.TryLock(byEnhanced)
 	Ok(t, err)
 	Assert(t, acquired, "lock not acquired")
-	otherPull := enhancedtest.NewLock("org/repo", "other", "default", "", 6)
-	acquired, _, err = upstreamReplica.TryLock(otherPull)
-	Ok(t, err)
-	Assert(t, acquired, "setup lock not acquired")
 
+	acquired, _, err = adapter.TryLock(enhancedtest.NewLock("org/repo", "seen", "default", "", 7))
+	Ok(t, err)
+	Assert(t, !acquired, "took a lock upstream holds")
+	deadline := time.Now().Add(10 * time.Second)
+	for !client.SIsMember(ctx, "pull{org/repo::5}", "pr/org/repo/seen/default/").Val() {
+		Assert(t, time.Now().Before(deadline), "a lock upstream wrote was not indexed once seen")
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, err = backend.ScanForUnindexedLocks(ctx) // as the background scan does
+	Ok(t, err)
+
+	redistest.ResetStats(t, client)
 	released, err := adapter.UnlockByPull("org/repo", 5)
 	Ok(t, err)
-	Equals(t, 2, len(released))
+	Equals(t, 3, len(released))
+	Equals(t, int64(0), redistest.CommandCount(t, client)["scan"])
 	left, err := adapter.List()
 	Ok(t, err)
 	Equals(t, 1, len(left))
@@ -353,6 +383,7 @@ func TestAdapter_RollbackKeepsLocks(t *testing.T) {
 	Assert(t, acquired, "lock not acquired")
 	_, err = adapter.LockCommand(command.Apply, time.Now())
 	Ok(t, err)
+	Ok(t, adapter.Close()) // the server's shutdown: what is still on its way lands
 	Ok(t, legacy.Close())
 
 	// Disabled: upstream alone on the same BoltDB file.
@@ -441,6 +472,7 @@ func TestAdapter_ConcurrentWhileHealthFlips(t *testing.T) {
 
 	inRedis, err := adapter.List()
 	Ok(t, err)
+	adapter.Flush()
 	inBolt, err := legacy.List()
 	Ok(t, err)
 	holders := func(locks []models.ProjectLock) map[string]int {
@@ -484,6 +516,7 @@ func TestAdapter_WaitTimeout(t *testing.T) {
 	Ok(t, got.err)
 	Assert(t, got.acquired, "the waiting pull did not get the released lock")
 	Equals(t, 2, got.current.Pull.Num)
+	adapter.Flush()
 	mirrored, err := legacy.GetLock(holder.Project, holder.Workspace)
 	Ok(t, err)
 	Assert(t, mirrored != nil && mirrored.Pull.Num == 2, "handed-over lock not mirrored")

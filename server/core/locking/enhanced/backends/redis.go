@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -33,6 +34,12 @@ type RedisOptions struct {
 	Logger    logging.SimpleLogging
 	// Scope receives the backend's metrics; nil means none.
 	Scope tally.Scope
+	// NoReleaseTimes stops recording when each lock was released. The record
+	// keeps a legacy database's stale copies from being imported back; where
+	// the legacy database is upstream's Redis database on these very keys,
+	// nothing is ever imported and the record is a write per release for
+	// nothing.
+	NoReleaseTimes bool
 }
 
 // Redis is the enhanced backend for many Atlantis replicas sharing one Redis:
@@ -58,6 +65,14 @@ type Redis struct {
 	waiterTTL   time.Duration
 	logger      logging.SimpleLogging
 	nonEnhanced *nonEnhancedWrites
+	// noReleaseTimes is RedisOptions.NoReleaseTimes.
+	noReleaseTimes bool
+	// setGetRefused is set once Redis refused SET with both NX and GET
+	// (before 7.0): acquisitions then go through the acquire script.
+	setGetRefused atomic.Bool
+	// knownShards are the index shards this process saw registered in the
+	// shard set, which only ever grows: they need no SADD again.
+	knownShards sync.Map
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -88,17 +103,19 @@ func NewRedis(client redis.UniversalClient, opts RedisOptions) (*Redis, error) {
 	}
 	_, cluster := client.(*redis.ClusterClient)
 	return &Redis{
-		client:      client,
-		keys:        keyspace{prefix: opts.KeyPrefix, cluster: cluster},
-		waiterTTL:   opts.WaiterTTL,
-		logger:      opts.Logger,
-		nonEnhanced: newNonEnhancedWrites(opts.Logger, opts.Scope),
-		closed:      make(chan struct{}),
+		client:         client,
+		keys:           keyspace{prefix: opts.KeyPrefix, cluster: cluster},
+		waiterTTL:      opts.WaiterTTL,
+		logger:         opts.Logger,
+		nonEnhanced:    newNonEnhancedWrites(opts.Logger, opts.Scope),
+		noReleaseTimes: opts.NoReleaseTimes,
+		closed:         make(chan struct{}),
 	}, nil
 }
 
-// TryLock takes the lock in one round trip: one script, with the index
-// updates outside the lock's slot pipelined behind it.
+// TryLock takes the lock in one round trip of native commands (see
+// setIfFree). Only a lock its own pull already holds goes through the acquire
+// script, which adopts it for this acquisition.
 func (r *Redis) TryLock(ctx context.Context, req enhanced.LockRequest) (bool, models.ProjectLock, error) {
 	k := r.keys.forProject(req.Lock.Project, req.Lock.Workspace)
 	token := newToken()
@@ -106,21 +123,44 @@ func (r *Redis) TryLock(ctx context.Context, req enhanced.LockRequest) (bool, mo
 	if err != nil {
 		return false, models.ProjectLock{}, fmt.Errorf("locking %q: %w", k.lock, err)
 	}
-	args := []any{value, baseRepo(req.Lock), req.Lock.Pull.Num, token}
-	reply, err := r.runIndexed(ctx, acquireScript, k, req.Lock, args...)
+	taken, current, err := r.setIfFree(ctx, k, req.Lock, value, token)
 	if err != nil && isUnavailable(err) && outcomeUnknown(err) {
-		// The script may have run. Running it again with the same token
-		// answers what the first run did, or takes the lock now, which is
-		// what the caller asked for: either way the answer is known.
+		// The SET may have run. Repeating it with the same value answers
+		// what the first did (it reads back our own value), or takes the
+		// lock now, which is what the caller asked for.
 		resolveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
-		reply, err = r.runIndexed(resolveCtx, acquireScript, k, req.Lock, args...)
+		taken, current, err = r.setIfFree(resolveCtx, k, req.Lock, value, token)
 		cancel()
 	}
 	if err != nil {
-		if reply.value == value || outcomeUnknown(err) {
+		if taken || outcomeUnknown(err) {
 			// Taken, or maybe taken, by an acquisition nobody will be told of
 			// (its index writes failed, or Redis stopped answering): give it
 			// back rather than let the pull hold a lock unknowingly.
+			r.abandon(k, token, value)
+		}
+		return false, models.ProjectLock{}, redisError(fmt.Sprintf("locking %q", k.lock), err)
+	}
+	if taken {
+		return true, req.Lock, nil
+	}
+	holder, err := r.decodeLock(k.lock, current)
+	if err != nil {
+		return false, models.ProjectLock{}, err
+	}
+	if baseRepo(holder) != baseRepo(req.Lock) || holder.Pull.Num != req.Lock.Pull.Num {
+		return false, holder, nil
+	}
+	return r.adopt(ctx, k, req.Lock, value, token)
+}
+
+// adopt runs the acquire script for a lock the requesting pull holds: it
+// makes this acquisition the lock's owner, so that giving back an earlier
+// acquisition of the pull cannot free it (see lua/helpers.lua).
+func (r *Redis) adopt(ctx context.Context, k lockKeys, lock models.ProjectLock, value, token string) (bool, models.ProjectLock, error) {
+	reply, err := r.runIndexed(ctx, acquireScript, k, lock, value, baseRepo(lock), lock.Pull.Num, token)
+	if err != nil {
+		if reply.value == value {
 			r.abandon(k, token, value)
 		}
 		return false, models.ProjectLock{}, redisError(fmt.Sprintf("locking %q", k.lock), err)
@@ -129,7 +169,7 @@ func (r *Redis) TryLock(ctx context.Context, req enhanced.LockRequest) (bool, mo
 		return false, models.ProjectLock{}, corruptLockError(k.lock, errUndecodable)
 	}
 	if reply.value == value {
-		return true, req.Lock, nil
+		return true, lock, nil
 	}
 	curr, err := r.decodeLock(k.lock, reply.value)
 	if err != nil {
@@ -152,7 +192,7 @@ func (r *Redis) UnlockIfOwnedByPull(ctx context.Context, project models.Project,
 // release runs one release call. A call whose reply was lost is repeated
 // with the same call id, which answers what the first run did.
 func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.ProjectLock, error) {
-	call := releaseCall(k, pull)
+	call := r.releaseCall(k, pull)
 	cmd := runAll(ctx, r.client, []scriptCall{call})[0]
 	if err := cmd.Err(); err != nil && isUnavailable(err) && outcomeUnknown(err) {
 		resolveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
@@ -162,8 +202,12 @@ func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.P
 	return r.releasedLock(k, cmd)
 }
 
-func releaseCall(k lockKeys, pull string) scriptCall {
-	return scriptCall{releaseScript, k.script(), []any{pull, newToken(), k.channel}}
+func (r *Redis) releaseCall(k lockKeys, pull string) scriptCall {
+	releasedAt := ""
+	if !r.noReleaseTimes {
+		releasedAt = strconv.FormatInt(time.Now().UnixMicro(), 10)
+	}
+	return scriptCall{releaseScript, k.script(), []any{pull, newToken(), k.channel, releasedAt}}
 }
 
 func (r *Redis) releasedLock(k lockKeys, cmd *redis.Cmd) (*models.ProjectLock, error) {
@@ -259,10 +303,30 @@ func (r *Redis) decodeLock(key, value string) (models.ProjectLock, error) {
 	}
 	// Local, as upstream's GetLock does (https://github.com/golang/go/issues/19486).
 	lock.Time = lock.Time.Local()
-	if !writtenByEnhanced(value) {
-		r.nonEnhanced.observe(key, value, lock)
+	if !writtenByEnhanced(value) && r.nonEnhanced.observe(key, value, lock) {
+		r.indexInBackground(key, lock)
 	}
 	return lock, nil
+}
+
+// indexInBackground indexes a lock a replica without enhanced locking wrote,
+// when it is first seen: such replicas keep no index, and without it closing
+// the lock's pull would not release it. The background scan finds the locks
+// nobody happens to read.
+func (r *Redis) indexInBackground(key string, lock models.ProjectLock) {
+	done, ok := r.track()
+	if !ok {
+		return
+	}
+	go func() {
+		defer done()
+		ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+		defer cancel()
+		pullIndex, _ := r.keys.pull(lock.Project.RepoFullName, lock.Pull.Num)
+		if err := r.writeIndexes(ctx, r.keys.forLockKey(key), pullIndex); err != nil {
+			r.logger.Warn("%s", err)
+		}
+	}()
 }
 
 // baseRepo is the repo a lock's pull belongs to, which with the pull number

@@ -191,7 +191,7 @@ func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum i
 	keys := make([]lockKeys, len(members))
 	for i, key := range members {
 		keys[i] = r.keys.forLockKey(key)
-		calls[i] = releaseCall(keys[i], strconv.Itoa(pullNum))
+		calls[i] = r.releaseCall(keys[i], strconv.Itoa(pullNum))
 	}
 	var locks []models.ProjectLock
 	var errs []error

@@ -46,12 +46,14 @@ func newNonEnhancedWrites(logger logging.SimpleLogging, scope tally.Scope) *nonE
 	}
 }
 
-func (n *nonEnhancedWrites) observe(key, value string, lock models.ProjectLock) {
+// observe counts and logs value unless it was seen already, and says whether
+// it is new.
+func (n *nonEnhancedWrites) observe(key, value string, lock models.ProjectLock) bool {
 	sum := sha256.Sum256([]byte(key + "\x00" + value))
 	n.mu.Lock()
 	if _, ok := n.seen[sum]; ok {
 		n.mu.Unlock()
-		return
+		return false
 	}
 	if len(n.seen) >= maxRemembered {
 		clear(n.seen)
@@ -67,6 +69,7 @@ func (n *nonEnhancedWrites) observe(key, value string, lock models.ProjectLock) 
 	n.logger.Warn("lock %q (pull #%d) was written by a replica without enhanced locking: while such replicas share "+
 		"this Redis, their read-then-write locking can grant a lock twice; finish the rollout or rollback so every "+
 		"replica runs with the same --enhanced-locking-enabled", key, lock.Pull.Num)
+	return true
 }
 
 func (n *nonEnhancedWrites) snapshot() NonEnhancedWrites {

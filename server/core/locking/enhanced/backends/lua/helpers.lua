@@ -30,6 +30,23 @@ local function decode(value)
   return nil
 end
 
+-- held_by returns the pull number of a stored lock, or nil when the value is
+-- not a lock. The JSON comes from Go's encoder (ours or upstream's), which
+-- writes "Pull":{"Num":<n>, with the pull's number first; a string inside
+-- the lock cannot contain that text, whose quotes it would have to escape.
+-- Any other writer's value is decoded in full.
+local function held_by(value)
+  local num = string.match(value, '"Pull":{"Num":(%d+),')
+  if num then
+    return tonumber(num)
+  end
+  local lock = decode(value)
+  if lock then
+    return tonumber(lock['Pull']['Num'])
+  end
+  return nil
+end
+
 -- same_pull says whether a decoded lock belongs to the given pull.
 local function same_pull(lock, repo, pull)
   local p = lock['Pull']
@@ -67,22 +84,21 @@ local function forget_waiter(token)
   redis.call('HDEL', KEYS[4], token)
 end
 
--- handoff ends the current holding: it records when, so that a stale copy of
--- the lock elsewhere (a replica's legacy database) is never imported back,
--- and gives the lock to the best live waiter, or frees it when none is alive.
--- A waiter whose deadline passed has crashed or lost Redis: it is dropped
--- here, which is how a dead replica leaves the queue. The lock never goes
--- through a free state while a live waiter exists, so nobody can take it in
--- between. Returns the new holder's token, or false.
+-- handoff ends the current holding: it gives the lock to the best live
+-- waiter, or frees it when none is alive. A waiter whose deadline passed has
+-- crashed or lost Redis: it is dropped here, which is how a dead replica
+-- leaves the queue. The lock never goes through a free state while a live
+-- waiter exists, so nobody can take it in between. The lock's entry in its
+-- index shard stays: List drops the entries of locks that are gone. Returns
+-- the new holder's token, or false.
 local function handoff(channel)
-  local now_micros = now_us()
-  local now = math.floor(now_micros / 1000)
-  redis.call('HSET', KEYS[7], KEYS[1], string.format('%.0f', now_micros))
+  local now = nil
   while true do
     local head = redis.call('ZPOPMIN', KEYS[2])
     if #head == 0 then
       break
     end
+    now = now or math.floor(now_us() / 1000)
     local token = head[1]
     local deadline = tonumber(redis.call('HGET', KEYS[3], token))
     local value = redis.call('HGET', KEYS[4], token)
@@ -90,12 +106,10 @@ local function handoff(channel)
     redis.call('HDEL', KEYS[4], token)
     if deadline and value and deadline >= now then
       redis.call('SET', KEYS[1], value)
-      redis.call('SADD', KEYS[5], KEYS[1])
       redis.call('PUBLISH', channel, token)
       return token
     end
   end
   redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[5], KEYS[1])
   return false
 end

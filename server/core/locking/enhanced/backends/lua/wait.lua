@@ -38,7 +38,9 @@ redis.call('HSET', KEYS[3], token, now + tonumber(ARGV[6]))
 
 if not current then
   -- Free while waiters exist: the holder vanished without a handoff (deleted by
-  -- an upstream replica or by hand). Serve the queue in order; we are in it.
+  -- an upstream replica or by hand). Its holding ended by now: record that, as
+  -- a release does, then serve the queue in order; we are in it.
+  redis.call('HSET', KEYS[7], KEYS[1], string.format('%.0f', now_us()))
   local holder = handoff(ARGV[7])
   current = redis.call('GET', KEYS[1])
   if holder == token then
