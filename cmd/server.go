@@ -124,8 +124,10 @@ func (s *ServerCmd) Init() *cobra.Command {
 }
 
 // enhancedConfig reads our flags and applies the kill switch. With the kill
-// switch on, the rest of the enhanced config is not validated: a broken Redis
-// setting must never block an emergency rollback.
+// switch on, enhanced locking is off whatever the config says, and a config
+// that does not check out is no error: a broken Redis setting must never
+// block an emergency rollback. Valid Redis settings are kept, for the copy of
+// Redis's locks the rollback makes at start.
 func (s *ServerCmd) enhancedConfig() (server.EnhancedLockingConfig, error) {
 	off, err := killSwitchOn()
 	if err != nil {
@@ -135,6 +137,12 @@ func (s *ServerCmd) enhancedConfig() (server.EnhancedLockingConfig, error) {
 		s.Logger.Warn("%s=true: enhanced locking is off and every lock goes to the legacy database (--locking-db-type), whatever --%s says",
 			killSwitchEnv, EnhancedLockingEnabledFlag)
 		cfg := server.DefaultEnhancedLockingConfig()
+		// The Redis settings still say where the locks are, for the copy a
+		// rollback makes at start; settings that do not check out are left
+		// out rather than allowed to block the rollback.
+		if configured, err := enhancedLockingConfig(s.Viper); err == nil {
+			cfg.Backend, cfg.Redis = configured.Backend, configured.Redis
+		}
 		cfg.Enabled = false
 		return cfg, nil
 	}

@@ -221,6 +221,13 @@ func TestServerCmd_KillSwitch(t *testing.T) {
 	Ok(t, err)
 	Assert(t, creator.called, "server was not created")
 	Equals(t, false, creator.enhanced.Enabled)
+
+	// A valid Redis config is kept, for the copy the rollback makes.
+	creator, _, err = runServerCmd(t, "--enhanced-locking-enabled", "--enhanced-locking-backend=redis", "--enhanced-locking-redis-addrs=redis:6379")
+	Ok(t, err)
+	Equals(t, false, creator.enhanced.Enabled)
+	Equals(t, "redis", creator.enhanced.Backend)
+	Equals(t, []string{"redis:6379"}, creator.enhanced.Redis.Addrs)
 }
 
 func TestServerCmd_DryRunConfigDump(t *testing.T) {

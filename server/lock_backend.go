@@ -46,19 +46,7 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 		r := cfg.Redis
 		ctx, cancel := context.WithTimeout(context.Background(), r.DialTimeout)
 		defer cancel()
-		client, err := redisclient.NewClient(ctx, redisclient.Config{
-			Mode:                  r.Mode,
-			Addrs:                 r.Addrs,
-			SentinelMaster:        r.SentinelMaster,
-			Username:              r.Username,
-			Password:              r.Password,
-			DB:                    r.DB,
-			TLSEnabled:            r.TLSEnabled,
-			TLSCAFile:             r.TLSCAFile,
-			TLSInsecureSkipVerify: r.TLSInsecureSkipVerify,
-			PoolSize:              r.PoolSize,
-			DialTimeout:           r.DialTimeout,
-		})
+		client, err := redisclient.NewClient(ctx, r.clientConfig())
 		if err != nil {
 			return nil, fmt.Errorf("enhanced locking: %w", err)
 		}
@@ -93,6 +81,23 @@ func newLockBackend(cfg EnhancedLockingConfig, userConfig upstream.UserConfig, l
 		}, nil
 	default:
 		return nil, fmt.Errorf("unknown enhanced locking backend %q: use boltdb or redis", cfg.Backend)
+	}
+}
+
+// clientConfig is how to reach this Redis.
+func (r RedisLockingConfig) clientConfig() redisclient.Config {
+	return redisclient.Config{
+		Mode:                  r.Mode,
+		Addrs:                 r.Addrs,
+		SentinelMaster:        r.SentinelMaster,
+		Username:              r.Username,
+		Password:              r.Password,
+		DB:                    r.DB,
+		TLSEnabled:            r.TLSEnabled,
+		TLSCAFile:             r.TLSCAFile,
+		TLSInsecureSkipVerify: r.TLSInsecureSkipVerify,
+		PoolSize:              r.PoolSize,
+		DialTimeout:           r.DialTimeout,
 	}
 }
 

@@ -42,6 +42,7 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 	s := &Server{Server: srv, Config: cfg, githubWebhookSecret: userConfig.GithubWebhookSecret}
 	if !cfg.Enabled {
 		srv.Logger.Info("enhanced locking is off: locks use the legacy %s database", userConfig.LockingDBType)
+		copyLocksForRollback(cfg, userConfig, srv.LocksController.Database, srv.Logger)
 		return s, nil
 	}
 	legacy := srv.LocksController.Database
@@ -96,11 +97,18 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		return fmt.Errorf("enhanced locking: the locks a fallback changed before the last stop (%s) could not be copied into %s: %w; "+
 			"start again once it answers, and the copy is made then", filepath.Join(userConfig.DataDir, fallbackJournalFile), s.Config.Backend, err)
 	}
-	if r, ok := backend.Backend.(*backends.Redis); ok {
+	r, onRedis := backend.Backend.(*backends.Redis)
+	if onRedis {
 		s.repairIndexes(r)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if onRedis && backend.separateFromLegacy {
+		if err := s.takeBackAfterRollback(ctx, legacy, r); err != nil {
+			backend.Close() // nolint: errcheck
+			return fmt.Errorf("enhanced locking: taking the locks back from the legacy database after a rollback: %w", err)
+		}
+	}
 	if backend.separateFromLegacy {
 		n, err := s.Adapter.ImportLegacyLocks(ctx)
 		if err != nil {

@@ -242,3 +242,73 @@ func TestRedisServer_StartsDespiteAnIndexItCannotRepair(t *testing.T) {
 	Ok(t, err)
 	Assert(t, resp.LockAcquired, "no lock after a start with an index it could not repair")
 }
+
+// TestRedisServer_RollbackCopiesTheFleetsLocks: two replicas, each with its
+// own BoltDB legacy database. Replica A restarts with enhanced locking off:
+// its legacy database then holds the lock replica B took too. While off it
+// releases that lock and takes another; restarting off again brings nothing
+// back from Redis, and turning enhanced locking on again releases in Redis
+// what was released meanwhile and imports what was taken.
+func TestRedisServer_RollbackCopiesTheFleetsLocks(t *testing.T) {
+	ctx := context.Background()
+	redisSrv := redistest.Start(t)
+	client := redisSrv.Client(t)
+	on := redisConfig(redisSrv.Addr)
+	off := on
+	off.Enabled = false
+	user := models.User{Username: "alice"}
+	byA := models.NewProject("org/repo", "by-a", "")
+	byB := models.NewProject("org/repo", "by-b", "")
+	whileOff := models.NewProject("org/repo", "while-off", "")
+	configA, configB := testUserConfig(t), testUserConfig(t)
+
+	start := func(userConfig upstream.UserConfig, cfg EnhancedLockingConfig) *Server {
+		t.Helper()
+		srv, err := NewServer(userConfig, testConfig(), cfg)
+		Ok(t, err)
+		return srv
+	}
+	stop := func(srv *Server) {
+		t.Helper()
+		Ok(t, srv.closeEnhanced())
+		Ok(t, srv.LocksController.Database.Close())
+	}
+	lock := func(srv *Server, p models.Project, pull int) {
+		t.Helper()
+		resp, err := srv.Locker.TryLock(p, "default", models.PullRequest{Num: pull, BaseRepo: models.Repo{FullName: "org/repo"}}, user)
+		Ok(t, err)
+		Assert(t, resp.LockAcquired, "lock on %s not acquired", p.Path)
+	}
+	holders := func(srv *Server) map[string]int {
+		t.Helper()
+		locks, err := srv.Locker.List()
+		Ok(t, err)
+		out := map[string]int{}
+		for _, l := range locks {
+			out[l.Project.Path] = l.Pull.Num
+		}
+		return out
+	}
+
+	a, b := start(configA, on), start(configB, on)
+	lock(a, byA, 1)
+	lock(b, byB, 2)
+	stop(a)
+	stop(b)
+
+	a = start(configA, off)
+	Equals(t, map[string]int{"by-a": 1, "by-b": 2}, holders(a))
+	_, err := a.Locker.UnlockByPull("org/repo", 2)
+	Ok(t, err)
+	lock(a, whileOff, 3)
+	stop(a)
+
+	a = start(configA, off)
+	Equals(t, map[string]int{"by-a": 1, "while-off": 3}, holders(a))
+	stop(a)
+
+	a = start(configA, on)
+	defer stop(a)
+	Equals(t, map[string]int{"by-a": 1, "while-off": 3}, holders(a))
+	Equals(t, int64(0), client.Exists(ctx, "pr/org/repo/by-b/default/").Val())
+}

@@ -158,26 +158,36 @@ func (a *Adapter) mirrorUnlockByPull(repoFullName string, pullNum int) {
 }
 
 // mirrorCommandLock and mirrorCommandUnlock copy the global apply lock into
-// the legacy database, which refuses to lock what is locked and to unlock
-// what is not: look first.
+// the legacy database.
 func (a *Adapter) mirrorCommandLock(cmdName command.Name, lockTime time.Time) {
-	a.mirror.enqueue(func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
+	a.mirror.enqueue(lockCommand(cmdName, lockTime))
+}
+
+func (a *Adapter) mirrorCommandUnlock(cmdName command.Name) {
+	a.mirror.enqueue(unlockCommand(cmdName))
+}
+
+// lockCommand and unlockCommand make the legacy database's command lock
+// taken or free. It refuses to lock what is locked and to unlock what is
+// not: look first.
+func lockCommand(cmdName command.Name, lockTime time.Time) mirrorChange {
+	return func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
 		current, err := legacy.CheckCommandLock(cmdName)
 		if err == nil && (current == nil || !current.IsLocked()) {
 			_, err = legacy.LockCommand(cmdName, lockTime)
 		}
 		return nil, err
-	})
+	}
 }
 
-func (a *Adapter) mirrorCommandUnlock(cmdName command.Name) {
-	a.mirror.enqueue(func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
+func unlockCommand(cmdName command.Name) mirrorChange {
+	return func(legacy *legacydb.Guarded) (*models.ProjectLock, error) {
 		current, err := legacy.CheckCommandLock(cmdName)
 		if err == nil && current != nil && current.IsLocked() {
 			err = legacy.UnlockCommand(cmdName)
 		}
 		return nil, err
-	})
+	}
 }
 
 func (a *Adapter) mirrorFailed(lock *models.ProjectLock, err error) {

@@ -25,6 +25,7 @@ import (
 //	locks:shards                             SET of the shard keys above, only ever grows
 //	pull{repo::num}                          per-pull index: SET of lock keys the pull asked for
 //	pullclosing{repo::num}                   per-pull index entries taken by a running UnlockByPull
+//	atlantis:enhanced:rollback-snapshot:{id} what Redis held when a rollback began (redis_rollback.go)
 //
 // {T}S is how a related key lands in its lock key's cluster slot. Redis hashes
 // only the part between the first "{" and the next "}" when that part is not
