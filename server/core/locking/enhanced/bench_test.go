@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -256,79 +255,44 @@ func benchMixedFleet(t *testing.T, fleet benchConfig) {
 // ran. The client's commands are counted by a hook; their usec_per_call
 // averages a command's calls inside scripts and outside, which cost alike.
 func benchServerTime(t *testing.T) {
-	const n = 2000
-	measure := func(name string, setup func(client *redis.Client) db.Database) float64 {
+	const n = 500
+	// side sets up one database on a Redis of its own and measures n pairs.
+	side := func(setup func(client *redis.Client) db.Database) func() float64 {
 		srv := redistest.Start(t)
 		client := srv.Client(t)
 		database := setup(client)
 		lock := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
 		pairs(t, database, lock, 10)
-		sent := &sentCommands{counts: map[string]int64{}}
+		sent := &redistest.RoundTrips{}
 		client.AddHook(sent)
-		redistest.ResetStats(t, client)
-		sent.reset()
-		pairs(t, database, lock, n)
-		stats := commandUsec(t, client)
-		var total float64
-		for cmd, calls := range sent.snapshot() {
-			total += float64(calls) * stats[cmd]
+		return func() float64 {
+			redistest.ResetStats(t, client)
+			sent.Take()
+			pairs(t, database, lock, n)
+			stats := commandUsec(t, client)
+			var total float64
+			for cmd, calls := range redistest.Counts(sent.Take()) {
+				total += float64(calls) * stats[cmd]
+			}
+			return total / n
 		}
-		return total / n
 	}
-	upstream := measure("upstream-redis", func(c *redis.Client) db.Database {
+	upstream := side(func(c *redis.Client) db.Database {
 		database, err := upstreamredis.NewWithClient(c, "", "")
 		Ok(t, err)
 		return database
 	})
-	ours := measure("enhanced", func(c *redis.Client) db.Database {
+	ours := side(func(c *redis.Client) db.Database {
 		legacy, err := upstreamredis.NewWithClient(c, "", "")
 		Ok(t, err)
 		adapter, _ := benchAdapter(t, c, legacy, true)
 		return adapter
 	})
-	benchLine(t, "redis-us-per-pair fleet upstream-redis=%.1fus enhanced=%.1fus", upstream, ours)
-}
-
-// sentCommands counts the commands a client sends, by lower-case name.
-type sentCommands struct {
-	mu     sync.Mutex
-	counts map[string]int64
-}
-
-func (s *sentCommands) add(cmds ...redis.Cmder) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range cmds {
-		s.counts[strings.ToLower(c.Name())]++
+	var ups, enhs []float64
+	for range benchRounds {
+		ups, enhs = append(ups, upstream()), append(enhs, ours())
 	}
-}
-
-func (s *sentCommands) reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	clear(s.counts)
-}
-
-func (s *sentCommands) snapshot() map[string]int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return maps.Clone(s.counts)
-}
-
-func (s *sentCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (s *sentCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		s.add(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (s *sentCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		s.add(cmds...)
-		return next(ctx, cmds)
-	}
+	benchLine(t, "redis-us-per-pair fleet upstream-redis=%.1fus enhanced=%.1fus (median of %d rounds of %d pairs)", median(ups), median(enhs), benchRounds, n)
 }
 
 // commandUsec reads usec_per_call per command from INFO commandstats.

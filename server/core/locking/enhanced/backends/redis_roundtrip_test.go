@@ -2,7 +2,6 @@ package backends
 
 import (
 	"context"
-	"sync"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -12,46 +11,6 @@ import (
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
-// roundTrips records what the client sends, one entry per round trip: a
-// command sent alone, or a pipeline. A cluster client sends a pipeline's
-// per-node parts in parallel, so a pipeline is one round trip there too.
-type roundTrips struct {
-	mu    sync.Mutex
-	trips [][]string
-}
-
-func (h *roundTrips) record(cmds ...redis.Cmder) {
-	names := make([]string, len(cmds))
-	for i, c := range cmds {
-		names[i] = c.Name()
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.trips = append(h.trips, names)
-}
-
-func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.record(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.record(cmds...)
-		return next(ctx, cmds)
-	}
-}
-
-var _ redis.Hook = (*roundTrips)(nil)
-
-// TestAcquireReleaseRoundTrips checks an uncontended acquire + release costs
-// at most two round trips: EVALSHA with the two index SADDs pipelined behind
-// it, then EVALSHA.
-//
 // TestAcquireReleaseRoundTrips: taking a free lock and releasing it is two
 // round trips: the native SET NX GET with the two index writes pipelined
 // behind it (the shard set is written once per process), then the release
@@ -84,13 +43,10 @@ func TestAcquireReleaseRoundTrips(t *testing.T) {
 			pair() // loads the scripts, as the first calls after any Redis restart do
 
 			redistest.ResetStats(t, c)
-			hook := &roundTrips{}
+			hook := &redistest.RoundTrips{}
 			c.AddHook(hook)
 			pair()
-			hook.mu.Lock()
-			trips := hook.trips
-			hook.trips = nil
-			hook.mu.Unlock()
+			trips := hook.Take()
 			counts := redistest.CommandCount(t, c)
 
 			t.Logf("%s: round trips %v; server commandstats %v", name, trips, counts)
