@@ -142,6 +142,8 @@ func (s *ServerCmd) enhancedConfig() (server.EnhancedLockingConfig, error) {
 		// out rather than allowed to block the rollback.
 		if configured, err := enhancedLockingConfig(s.Viper); err == nil {
 			cfg.Backend, cfg.Redis = configured.Backend, configured.Redis
+		} else {
+			s.Logger.Warn("%s=true: the enhanced locking config does not check out (%v), so the locks of Redis are not copied into the legacy database", killSwitchEnv, err)
 		}
 		cfg.Enabled = false
 		return cfg, nil

@@ -48,6 +48,11 @@ func copyLocksForRollback(cfg EnhancedLockingConfig, userConfig upstream.UserCon
 	case err != nil:
 		logger.Warn("enhanced locking is off, and the locks of Redis could not be copied into the legacy database (%v): "+
 			"it has the locks this replica copied while enhanced locking ran, and may miss ones other replicas took", err)
+		// The legacy database is the truth from now on all the same: a later
+		// start must not copy the frozen Redis over what changes meanwhile.
+		if err := legacydb.MarkSynced(legacy, time.Now(), ""); err != nil {
+			logger.Warn("enhanced locking is off: %v", err)
+		}
 	case copied < 0:
 		// Upstream's database reads Redis's own keys: nothing to copy.
 	default:
@@ -90,27 +95,37 @@ func copyFromRedis(ctx context.Context, cfg EnhancedLockingConfig, userConfig up
 
 // takeBackAfterRollback runs at an enhanced start over a legacy database of
 // its own: if a rollback made it the truth, what it released meanwhile is
-// released in Redis before the import brings in what it took.
-func (s *Server) takeBackAfterRollback(ctx context.Context, legacy *legacydb.Guarded, r *backends.Redis) error {
+// released in Redis before the import brings in what it took. It returns what
+// to do once the import succeeded: forget the marker and the snapshot. Until
+// then a failed start takes back again at the next, which changes nothing
+// taken back already.
+func (s *Server) takeBackAfterRollback(ctx context.Context, legacy *legacydb.Guarded, r *backends.Redis) (func() error, error) {
 	synced, id, err := legacydb.SyncedAt(legacy)
 	if err != nil || synced.IsZero() {
-		return err
+		return func() error { return nil }, err
 	}
-	if id != "" {
+	if id == "" {
+		s.Logger.Warn("enhanced locking: the legacy database has held the locks since %s, but Redis could not be copied then, so "+
+			"locks released while enhanced locking was off may still be held in Redis: check the locks page", synced.Format(time.RFC3339))
+	} else {
 		snapshot, err := r.RollbackSnapshot(ctx, id)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if snapshot != nil {
 			n, err := s.Adapter.TakeBackAfterRollback(ctx, snapshot.Locks, snapshot.ApplyLock)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			s.Logger.Info("enhanced locking: released %d lock(s) in Redis that were released while enhanced locking was off (since %s)", n, synced.Format(time.RFC3339))
+		}
+	}
+	return func() error {
+		if id != "" {
 			if err := r.DropRollbackSnapshot(ctx, id); err != nil {
 				return err
 			}
 		}
-	}
-	return legacydb.ClearSynced(legacy)
+		return legacydb.ClearSynced(legacy)
+	}, nil
 }

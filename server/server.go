@@ -103,19 +103,23 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if onRedis && backend.separateFromLegacy {
-		if err := s.takeBackAfterRollback(ctx, legacy, r); err != nil {
-			backend.Close() // nolint: errcheck
-			return fmt.Errorf("enhanced locking: taking the locks back from the legacy database after a rollback: %w", err)
-		}
-	}
 	if backend.separateFromLegacy {
+		tookBack := func() error { return nil }
+		if onRedis {
+			if tookBack, err = s.takeBackAfterRollback(ctx, legacy, r); err != nil {
+				backend.Close() // nolint: errcheck
+				return fmt.Errorf("enhanced locking: taking the locks back from the legacy database after a rollback: %w", err)
+			}
+		}
 		n, err := s.Adapter.ImportLegacyLocks(ctx)
 		if err != nil {
 			backend.Close() // nolint: errcheck
 			return fmt.Errorf("importing the legacy locks into enhanced locking: %w", err)
 		}
 		s.Logger.Info("enhanced locking: %d lock(s) from the legacy database are in %s", n, s.Config.Backend)
+		if err := tookBack(); err != nil {
+			s.Logger.Warn("enhanced locking: the locks are taken back after the rollback, but its marker could not be removed (the next start takes them back again, which changes nothing): %v", err)
+		}
 	}
 	if err := installLockingAdapter(s.Server, s.Adapter, userConfig); err != nil {
 		backend.Close() // nolint: errcheck

@@ -16,6 +16,7 @@ import (
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
@@ -311,4 +312,41 @@ func TestRedisServer_RollbackCopiesTheFleetsLocks(t *testing.T) {
 	defer stop(a)
 	Equals(t, map[string]int{"by-a": 1, "while-off": 3}, holders(a))
 	Equals(t, int64(0), client.Exists(ctx, "pr/org/repo/by-b/default/").Val())
+}
+
+// TestRedisServer_RollbackWithRedisDown: a start with enhanced locking off
+// that cannot reach Redis still makes the legacy database the truth, so a
+// later start with Redis back copies nothing over what changed meanwhile.
+func TestRedisServer_RollbackWithRedisDown(t *testing.T) {
+	redisSrv := redistest.Start(t)
+	userConfig := testUserConfig(t)
+	off := redisConfig(redisSrv.Addr)
+	off.Enabled = false
+	off.Redis.DialTimeout = 300 * time.Millisecond
+	seed, err := NewServer(userConfig, testConfig(), redisConfig(redisSrv.Addr))
+	Ok(t, err)
+	resp, err := seed.Locker.TryLock(models.NewProject("org/repo", "held", ""), "default", models.PullRequest{Num: 1}, models.User{Username: "alice"})
+	Ok(t, err)
+	Assert(t, resp.LockAcquired, "lock not acquired")
+	Ok(t, seed.closeEnhanced())
+	Ok(t, seed.LocksController.Database.Close())
+
+	redisSrv.Stop()
+	down, err := NewServer(userConfig, testConfig(), off)
+	Ok(t, err)
+	_, err = down.Locker.UnlockByPull("org/repo", 1) // released while enhanced locking is off
+	Ok(t, err)
+	synced, id, err := legacydb.SyncedAt(down.LocksController.Database)
+	Ok(t, err)
+	Assert(t, !synced.IsZero(), "no marker: a later start would copy the frozen Redis")
+	Equals(t, "", id)
+	Ok(t, down.LocksController.Database.Close())
+
+	redisSrv.Restart()
+	again, err := NewServer(userConfig, testConfig(), off)
+	Ok(t, err)
+	defer again.LocksController.Database.Close() // nolint: errcheck
+	locks, err := again.Locker.List()
+	Ok(t, err)
+	Equals(t, 0, len(locks))
 }

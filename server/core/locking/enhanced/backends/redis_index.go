@@ -15,14 +15,16 @@ import (
 // Indexes let List and UnlockByPull avoid KEYS and whole-keyspace scans.
 //
 // Global index: one shard per cluster slot (one in all without a cluster),
-// holding the lock keys of that slot, and a set naming the shards. The lock
-// scripts add and remove shard entries in the same script that changes the
-// lock, so a lock held through our scripts is always in its shard. A shard may
-// also hold stale keys, when an upstream replica or an operator deleted the
-// lock outside our scripts; List checks every entry and prunes stale ones with
-// a script that re-checks in the lock's slot, so pruning never drops an entry
-// whose lock was taken again. The shard set only ever grows (it is bounded by
-// the number of slots), so no race can drop a shard from it.
+// holding the lock keys of that slot, and a set naming the shards. Every
+// acquisition adds its lock to the shard in the round trip that takes it, and
+// one whose index write fails is given back, so a lock held through us is
+// always in its shard. A shard may also hold stale keys: a release leaves its
+// entry, and an upstream replica or an operator may delete a lock outside our
+// scripts. List checks every entry and prunes stale ones with a script that
+// re-checks in the lock's slot, so pruning never drops an entry whose lock was
+// taken again (an acquisition writes the lock before its entry). The shard
+// set only ever grows (it is bounded by the number of slots), so no race can
+// drop a shard from it.
 //
 // Per-pull index: one set per (repo, pull) of the lock keys the pull asked
 // for, held or not. It may hold stale keys; UnlockByPull releases each only

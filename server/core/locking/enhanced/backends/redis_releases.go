@@ -14,9 +14,11 @@ import (
 var _ enhanced.ReleaseHistory = (*Redis)(nil)
 
 // LastReleased returns when each lock's project and workspace was last
-// released here, or the zero time if never. Every release script records the
-// time (handoff in lua/helpers.lua), one hash field per lock key ever
-// released, so the answer survives the lock and costs one HGET per lock.
+// released here, or the zero time if never. The release script records the
+// time unless the backend was opened with NoReleaseTimes, and so does a
+// waiter that takes a lock whose holder vanished (lua/wait.lua): one hash
+// field per lock key ever released, so the answer survives the lock and
+// costs one HGET per lock.
 func (r *Redis) LastReleased(ctx context.Context, locks []models.ProjectLock) ([]time.Time, error) {
 	cmds := make([]*redis.StringCmd, len(locks))
 	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
