@@ -211,15 +211,28 @@ func TestBenchSummary(t *testing.T) {
 	for _, c := range configs {
 		holdLocks(t, c.upstream.db, "org/repo", 0, benchLocks)
 		holdLocks(t, c.enhanced.db, "org/repo", 0, benchLocks)
+	}
+	// The fleet against upstream's Redis database; the BoltDB configuration
+	// against both of upstream's databases.
+	fleet, bolt := configs[0], configs[1]
+	for _, cmp := range []struct {
+		config   string
+		upstream benchSide
+		enhanced db.Database
+	}{
+		{"fleet", fleet.upstream, fleet.enhanced.db},
+		{"boltdb", fleet.upstream, bolt.enhanced.db},
+		{"boltdb", bolt.upstream, bolt.enhanced.db},
+	} {
 		u, e, r := interleave(t,
-			func() time.Duration { return lists(t, c.upstream.db, listsPerBlock) },
-			func() time.Duration { return lists(t, c.enhanced.db, listsPerBlock) })
-		benchLine(t, "db-list %s locks=%d pulls=%d %s=%s enhanced=%s ratio=%.2fx", c.name, benchLocks, benchPulls, c.upstream.name, ms(u), ms(e), r)
+			func() time.Duration { return lists(t, cmp.upstream.db, listsPerBlock) },
+			func() time.Duration { return lists(t, cmp.enhanced, listsPerBlock) })
+		benchLine(t, "db-list %s locks=%d pulls=%d %s=%s enhanced=%s ratio=%.2fx", cmp.config, benchLocks, benchPulls, cmp.upstream.name, ms(u), ms(e), r)
 		round := 0
 		u, e, r = interleave(t,
-			func() time.Duration { return unlockByPull(t, c.upstream.db, "org/repo", round) },
-			func() time.Duration { round++; return unlockByPull(t, c.enhanced.db, "org/repo", round) })
-		benchLine(t, "db-unlock-by-pull %s locks=%d %s=%s enhanced=%s ratio=%.2fx", c.name, benchLocks, c.upstream.name, ms(u), ms(e), r)
+			func() time.Duration { return unlockByPull(t, cmp.upstream.db, "org/repo", round) },
+			func() time.Duration { round++; return unlockByPull(t, cmp.enhanced, "org/repo", round) })
+		benchLine(t, "db-unlock-by-pull %s locks=%d %s=%s enhanced=%s ratio=%.2fx", cmp.config, benchLocks, cmp.upstream.name, ms(u), ms(e), r)
 	}
 	benchMixedFleet(t, configs[0])
 	benchServerTime(t)
