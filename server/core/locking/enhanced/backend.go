@@ -54,4 +54,7 @@ type ReleaseHistory interface {
 type LockRequest struct {
 	Lock     models.ProjectLock
 	Priority Priority
+	// Headstart places the request in a queue: it sorts by arrival minus
+	// Headstart (Priority.Headstart), so zero is first come first served.
+	Headstart time.Duration
 }
