@@ -85,7 +85,7 @@ func (b *BoltDB) TryLockWithTimeout(ctx context.Context, req enhanced.LockReques
 	}
 	key := models.GenerateLockKey(req.Lock.Project, req.Lock.Workspace)
 	b.seq++
-	w := &localWaiter{lock: req.Lock, priority: req.Priority, seq: b.seq, granted: make(chan models.ProjectLock, 1)}
+	w := &localWaiter{lock: req.Lock, score: time.Now().Add(-req.Headstart), seq: b.seq, granted: make(chan models.ProjectLock, 1)}
 	b.queue(key).push(w)
 	b.mu.Unlock()
 

@@ -2,17 +2,18 @@ package backends
 
 import (
 	"sort"
+	"time"
 
 	"github.com/runatlantis/atlantis/server/events/models"
-
-	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 )
 
 // localWaiter is one TryLockWithTimeout call of the BoltDB backend.
 type localWaiter struct {
-	lock     models.ProjectLock
-	priority enhanced.Priority
-	seq      uint64
+	lock models.ProjectLock
+	// score orders the queue: arrival minus headstart (see
+	// enhanced.Priority.Headstart), then seq.
+	score time.Time
+	seq   uint64
 	// granted receives the lock when it is handed over; buffered so the
 	// handoff never blocks on a waiter that stopped listening.
 	granted chan models.ProjectLock
@@ -20,16 +21,16 @@ type localWaiter struct {
 	handed bool
 }
 
-// localQueue holds the waiters for one lock: highest priority first, then
-// first come first served.
+// localQueue holds the waiters for one lock, in the order of
+// enhanced.Priority.Headstart.
 type localQueue []*localWaiter
 
 func (q *localQueue) push(w *localWaiter) {
 	*q = append(*q, w)
 	sort.SliceStable(*q, func(i, j int) bool {
 		a, b := (*q)[i], (*q)[j]
-		if a.priority != b.priority {
-			return a.priority > b.priority
+		if !a.score.Equal(b.score) {
+			return a.score.Before(b.score)
 		}
 		return a.seq < b.seq
 	})

@@ -72,7 +72,7 @@ func TestBoltDBWaiterHandedTheLockAsItIsCancelledPassesItOn(t *testing.T) {
 	waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
 	result := make(chan boltWait, 1)
 	go func() {
-		acquired, lock, err := b.TryLockWithTimeout(ctx, enhanced.LockRequest{Lock: waiting, Priority: enhanced.PriorityHigh}, 10*time.Second)
+		acquired, lock, err := b.TryLockWithTimeout(ctx, enhancedtest.RequestWithPriority(waiting, enhanced.PriorityHigh), 10*time.Second)
 		result <- boltWait{acquired, lock, err}
 	}()
 	enhancedtest.AwaitQueue(t, b, next, 2)

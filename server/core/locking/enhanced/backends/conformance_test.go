@@ -7,6 +7,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/runatlantis/atlantis/server/core/boltdb"
 	upstreamredis "github.com/runatlantis/atlantis/server/core/redis"
+	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
@@ -124,4 +125,41 @@ func flush(t testing.TB, client redis.UniversalClient) {
 		err = client.FlushAll(ctx).Err()
 	}
 	Ok(t, err)
+}
+
+func redisQueueOptions(client redis.UniversalClient, opts RedisOptions) enhancedtest.QueueOptions {
+	return enhancedtest.QueueOptions{
+		DeleteOutside: func(t *testing.T, lock models.ProjectLock) {
+			key := opts.KeyPrefix + "pr/" + models.GenerateLockKey(lock.Project, lock.Workspace)
+			Ok(t, client.Del(context.Background(), key).Err())
+		},
+		Reopen: func(t *testing.T, old enhancedtest.QueueingBackend) enhancedtest.QueueingBackend {
+			Ok(t, old.Close())
+			return openRedis(t, client, opts)
+		},
+	}
+}
+
+func TestQueueConformanceRedisStandalone(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	for _, prefix := range []string{"", "team1:"} {
+		t.Run("prefix="+prefix, func(t *testing.T) {
+			opts := RedisOptions{KeyPrefix: prefix}
+			enhancedtest.RunQueueConformance(t, func(t *testing.T) enhancedtest.QueueingBackend {
+				return newTestRedis(t, client, opts)
+			}, redisQueueOptions(client, opts))
+		})
+	}
+}
+
+func TestQueueConformanceRedisCluster(t *testing.T) {
+	client := redistest.StartCluster(t).Client(t)
+	for _, prefix := range []string{"", "{atlantis}:"} {
+		t.Run("prefix="+prefix, func(t *testing.T) {
+			opts := RedisOptions{KeyPrefix: prefix}
+			enhancedtest.RunQueueConformance(t, func(t *testing.T) enhancedtest.QueueingBackend {
+				return newTestRedis(t, client, opts)
+			}, redisQueueOptions(client, opts))
+		})
+	}
 }

@@ -18,11 +18,16 @@ import (
 //	w{T}S                                    waiters: ZSET of tokens, ordered by priority then arrival
 //	wd{T}S                                   waiters' liveness deadlines: HASH token -> unix ms
 //	wv{T}S                                   waiters' lock values: HASH token -> value to install on handoff
+//	qm{T}S                                   durable queue entries: HASH token -> metadata, and pull -> token
 //	u{T}S                                    last release of this lock, to answer a retried release
 //	n{T}S                                    pub/sub channel announcing the token a lock was handed to
 //	locks / locks{slot tag}                  global index shard: SET of lock keys (one per cluster slot)
 //	locks:released / locks:released{tag}     when each lock of the slot was last released: HASH key -> unix us
 //	locks:shards                             SET of the shard keys above, only ever grows
+//	queues / queues{slot tag}                SET of the slot's lock keys with durable queue entries
+//	outbox / outbox{slot tag}                notices of hand-overs and expiries to deliver: ZSET id -> due
+//	                                         unix ms; also the channel that announces them
+//	outbox:notices / outbox:notices{tag}     the notices: HASH id -> notice, and their claims and steps
 //	pull{repo::num}                          per-pull index: SET of lock keys the pull asked for
 //	pullclosing{repo::num}                   per-pull index entries taken by a running UnlockByPull
 //	atlantis:enhanced:rollback-snapshot:{id} what Redis held when a rollback began (redis_rollback.go)
@@ -64,12 +69,19 @@ type lockKeys struct {
 	// releaseTimes is shared by the locks of a slot, like shard.
 	releaseTimes string
 	channel      string
+	entries      string
+	// outbox, notices and queues are shared by the locks of a slot, like
+	// shard.
+	outbox  string
+	notices string
+	queues  string
 }
 
 // script returns the KEYS of every lock script, in the order the scripts
 // expect (see lua/helpers.lua).
 func (k lockKeys) script() []string {
-	return []string{k.lock, k.queue, k.deadlines, k.values, k.shard, k.released, k.releaseTimes}
+	return []string{k.lock, k.queue, k.deadlines, k.values, k.shard, k.released, k.releaseTimes,
+		k.entries, k.outbox, k.notices, k.queues}
 }
 
 func (ks keyspace) forProject(p models.Project, workspace string) lockKeys {
@@ -88,6 +100,10 @@ func (ks keyspace) forLockKey(lockKey string) lockKeys {
 		shard:        ks.shard(lockKey),
 		releaseTimes: ks.releaseTimes(lockKey),
 		channel:      ks.related("n", lockKey),
+		entries:      ks.related("qm", lockKey),
+		outbox:       ks.slotShared("outbox", lockKey),
+		notices:      ks.slotShared("outbox:notices", lockKey),
+		queues:       ks.slotShared("queues", lockKey),
 	}
 }
 
@@ -102,17 +118,29 @@ func (ks keyspace) shards() string {
 }
 
 func (ks keyspace) shard(lockKey string) string {
-	if !ks.cluster {
-		return ks.prefix + "locks"
-	}
-	return ks.prefix + "locks{" + slotTag(keySlot(lockKey)) + "}"
+	return ks.slotShared("locks", lockKey)
 }
 
 func (ks keyspace) releaseTimes(lockKey string) string {
+	return ks.slotShared("locks:released", lockKey)
+}
+
+// slotShared names the key of kind that every lock of lockKey's slot shares:
+// one for all without a cluster.
+func (ks keyspace) slotShared(kind, lockKey string) string {
 	if !ks.cluster {
-		return ks.prefix + "locks:released"
+		return ks.prefix + kind
 	}
-	return ks.prefix + "locks:released{" + slotTag(keySlot(lockKey)) + "}"
+	return ks.prefix + kind + "{" + slotTag(keySlot(lockKey)) + "}"
+}
+
+// inShardSlot names the key of kind in the slot of an index shard (as read
+// from the shard set), for the scripts that act on a whole slot.
+func (ks keyspace) inShardSlot(kind, shard string) string {
+	if !ks.cluster {
+		return ks.prefix + kind
+	}
+	return ks.prefix + kind + shard[len(ks.prefix)+len("locks"):]
 }
 
 // pull names a pull's index and the set an UnlockByPull moves it to; both

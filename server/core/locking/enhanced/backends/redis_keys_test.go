@@ -39,7 +39,7 @@ func TestRelatedKeysShareTheLockKeySlot(t *testing.T) {
 			slot := keySlot(k.lock)
 			for _, related := range k.script()[1:] {
 				Equals(t, slot, keySlot(related))
-				if related == k.shard || related == k.releaseTimes {
+				if related == k.shard || related == k.releaseTimes || related == k.outbox || related == k.notices || related == k.queues {
 					continue // shared by the locks of a slot, by design
 				}
 				if other, dup := seen[related]; dup {
@@ -49,6 +49,10 @@ func TestRelatedKeysShareTheLockKeySlot(t *testing.T) {
 			}
 			index, closing := ks.pull(p.project.RepoFullName, 3)
 			Equals(t, keySlot(index), keySlot(closing))
+			// The scripts over a whole slot find its keys from the shard.
+			Equals(t, k.outbox, ks.inShardSlot("outbox", k.shard))
+			Equals(t, k.notices, ks.inShardSlot("outbox:notices", k.shard))
+			Equals(t, k.queues, ks.inShardSlot("queues", k.shard))
 		}
 	}
 }

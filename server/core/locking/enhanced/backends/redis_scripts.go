@@ -24,6 +24,18 @@ var (
 	pruneLua string
 	//go:embed lua/take_pull.lua
 	takePullLua string
+	//go:embed lua/enqueue.lua
+	enqueueLua string
+	//go:embed lua/leave_queue.lua
+	leaveQueueLua string
+	//go:embed lua/queue_read.lua
+	queueReadLua string
+	//go:embed lua/sweep.lua
+	sweepLua string
+	//go:embed lua/outbox_claim.lua
+	outboxClaimLua string
+	//go:embed lua/outbox_mark.lua
+	outboxMarkLua string
 )
 
 // Lock scripts share helpers.lua and its KEYS layout (lockKeys.script).
@@ -34,6 +46,13 @@ var (
 	leaveScript    = lockScript(leaveLua)
 	pruneScript    = redis.NewScript(pruneLua)
 	takePullScript = redis.NewScript(takePullLua)
+
+	enqueueScript     = lockScript(enqueueLua)
+	leaveQueueScript  = lockScript(leaveQueueLua)
+	queueReadScript   = lockScript(queueReadLua)
+	sweepScript       = lockScript(sweepLua)
+	outboxClaimScript = redis.NewScript(outboxClaimLua)
+	outboxMarkScript  = redis.NewScript(outboxMarkLua)
 )
 
 func lockScript(body string) *redis.Script {

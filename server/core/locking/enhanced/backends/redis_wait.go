@@ -71,7 +71,7 @@ func (r *Redis) newWaiter(req enhanced.LockRequest) (*waiter, error) {
 		value: value,
 	}
 	w.args = []any{w.token, w.value, baseRepo(req.Lock), req.Lock.Pull.Num,
-		int(req.Priority), r.waiterTTL.Milliseconds(), w.keys.channel}
+		req.Headstart.Microseconds(), r.waiterTTL.Milliseconds(), w.keys.channel}
 	return w, nil
 }
 

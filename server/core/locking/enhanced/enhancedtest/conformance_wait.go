@@ -107,7 +107,7 @@ func waitCases() []conformanceCase {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						acquired, _, err := b.TryLockWithTimeout(ctx, enhanced.LockRequest{Lock: lock, Priority: a.priority}, 20*time.Second)
+						acquired, _, err := b.TryLockWithTimeout(ctx, RequestWithPriority(lock, a.priority), 20*time.Second)
 						if err != nil || !acquired {
 							t.Errorf("%s: acquired=%v err=%v", a.name, acquired, err)
 							return

@@ -38,6 +38,15 @@ func Request(lock models.ProjectLock) enhanced.LockRequest {
 	return enhanced.LockRequest{Lock: lock}
 }
 
+// TestAgingStep is the aging step of the requests RequestWithPriority makes:
+// long beside any test, so levels keep their order.
+const TestAgingStep = time.Hour
+
+// RequestWithPriority wraps a lock in a request of priority p.
+func RequestWithPriority(lock models.ProjectLock, p enhanced.Priority) enhanced.LockRequest {
+	return enhanced.LockRequest{Lock: lock, Priority: p, Headstart: p.Headstart(TestAgingStep)}
+}
+
 // normalize drops what a round trip through storage legitimately changes:
 // the time's location and monotonic reading.
 func normalize(l models.ProjectLock) models.ProjectLock {

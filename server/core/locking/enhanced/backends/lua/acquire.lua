@@ -19,6 +19,7 @@ if not lock then
   return {-1, current}
 end
 if same_pull(lock, ARGV[2], ARGV[3]) then
+  forget_pull_entry(ARGV[2], ARGV[3])
   return {1, adopt(current, ARGV[4])}
 end
 return {0, current}

@@ -8,6 +8,15 @@
 --   KEYS[5] global index shard holding lock keys of this slot
 --   KEYS[6] record of the last release, to answer a retried release
 --   KEYS[7] release times of this slot's locks: HASH lock key -> unix us
+--   KEYS[8] durable queue entries: HASH token -> "priority|enqueued unix
+--           ms|pull", and "p:" .. pull -> token, where pull is
+--           "<base repo>#<number>" (a durable entry is a waiter that has
+--           these fields; its deadline is its expiry)
+--   KEYS[9] outbox of this slot: ZSET notice id -> unix ms it is due; also
+--           the channel announcing new notices
+--   KEYS[10] notices of this slot: HASH id -> notice, "c:" .. id -> claim,
+--           "d:" .. id -> delivery steps done
+--   KEYS[11] queues of this slot: SET of lock keys with durable entries
 --
 -- Ownership is judged from the lock value alone: an acquisition holds the
 -- lock while the stored value is the one it wrote, whose token makes it
@@ -84,15 +93,73 @@ local function forget_waiter(token)
   redis.call('HDEL', KEYS[4], token)
 end
 
+-- queue_score places a waiter: arrival on the server clock, microseconds
+-- since 2023-11-14, minus its headstart (enhanced.Priority.Headstart). Both
+-- stay below 2^53, so the score is exact.
+local function queue_score(headstart_us)
+  local t = redis.call('TIME')
+  local arrival = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
+  return string.format('%.0f', arrival - tonumber(headstart_us))
+end
+
+local function pull_id(repo, num)
+  return repo .. '#' .. num
+end
+
+-- entry_pull is the pull of a durable entry's metadata.
+local function entry_pull(meta)
+  return string.match(meta, '^[^|]*|[^|]*|(.*)$')
+end
+
+-- forget_entry removes a durable entry, which leaves no notice: its pull
+-- left the queue itself.
+local function forget_entry(token, meta)
+  forget_waiter(token)
+  redis.call('HDEL', KEYS[8], token, 'p:' .. entry_pull(meta))
+end
+
+-- forget_pull_entry removes the pull's durable entry, if any: a pull that
+-- holds the lock has nothing to wait for.
+local function forget_pull_entry(repo, num)
+  local token = redis.call('HGET', KEYS[8], 'p:' .. pull_id(repo, num))
+  if token then
+    local meta = redis.call('HGET', KEYS[8], token)
+    if meta then
+      forget_entry(token, meta)
+    else
+      redis.call('HDEL', KEYS[8], 'p:' .. pull_id(repo, num))
+    end
+  end
+end
+
+-- notify puts the notice of a durable entry that left its queue, handed the
+-- lock or expired, in the outbox, in the step that made it leave. An entry
+-- leaves once, so kind and token make a unique transfer id.
+-- Notice: kind, lock key, token, metadata, expiry ms, at ms, lock value,
+-- separated by newlines (none can contain one: JSON escapes it).
+local function notify(kind, token, meta, deadline, value, now)
+  local id = kind .. ':' .. token
+  redis.call('HSET', KEYS[10], id, kind .. '\n' .. KEYS[1] .. '\n' .. token .. '\n' .. meta ..
+    '\n' .. (deadline or '0') .. '\n' .. now .. '\n' .. (value or ''))
+  redis.call('ZADD', KEYS[9], now, id)
+  redis.call('PUBLISH', KEYS[9], id)
+end
+
 -- handoff ends the current holding: it gives the lock to the best live
 -- waiter, or frees it when none is alive. A waiter whose deadline passed has
--- crashed or lost Redis: it is dropped here, which is how a dead replica
--- leaves the queue. The lock never goes through a free state while a live
--- waiter exists, so nobody can take it in between. The lock's entry in its
--- index shard stays: List drops the entries of locks that are gone. Returns
--- the new holder's token, or false.
-local function handoff(channel)
+-- crashed or lost Redis, or, for a durable entry, waited its timeout out: it
+-- is dropped here (an expired durable entry with a notice), which is how a
+-- dead replica leaves the queue. The lock never goes through a free state
+-- while a live waiter exists, so nobody can take it in between. A durable
+-- entry handed the lock leaves a notice, in this same step, so the hand-over
+-- is announced exactly once whatever happens to this replica next. An entry
+-- of the releasing pull (released, the value given) is dropped: a pull is
+-- never handed back what it gives up. The lock's entry in its index shard
+-- stays: List drops the entries of locks that are gone. Returns the new
+-- holder's token, or false.
+local function handoff(channel, released)
   local now = nil
+  local releaser = nil
   while true do
     local head = redis.call('ZPOPMIN', KEYS[2])
     if #head == 0 then
@@ -102,9 +169,28 @@ local function handoff(channel)
     local token = head[1]
     local deadline = tonumber(redis.call('HGET', KEYS[3], token))
     local value = redis.call('HGET', KEYS[4], token)
+    local meta = redis.call('HGET', KEYS[8], token)
     redis.call('HDEL', KEYS[3], token)
     redis.call('HDEL', KEYS[4], token)
-    if deadline and value and deadline >= now then
+    if meta then
+      local pull = entry_pull(meta)
+      redis.call('HDEL', KEYS[8], token, 'p:' .. pull)
+      if released and releaser == nil then
+        local lock = decode(released)
+        releaser = lock and pull_id(lock['Pull']['BaseRepo'] and lock['Pull']['BaseRepo']['FullName'] or '',
+          string.format('%d', lock['Pull']['Num'])) or false
+      end
+      if pull == releaser then
+        -- its own pull let go: nothing to announce
+      elseif deadline and value and deadline >= now then
+        redis.call('SET', KEYS[1], value)
+        redis.call('PUBLISH', channel, token)
+        notify('transferred', token, meta, deadline, value, now)
+        return token
+      else
+        notify('expired', token, meta, deadline, value, now)
+      end
+    elseif deadline and value and deadline >= now then
       redis.call('SET', KEYS[1], value)
       redis.call('PUBLISH', channel, token)
       return token

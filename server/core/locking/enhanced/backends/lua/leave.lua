@@ -11,7 +11,7 @@ if current and current == ARGV[2] then
   if ARGV[3] == '1' then
     return {1, current}
   end
-  handoff(ARGV[4])
+  handoff(ARGV[4], current)
   current = redis.call('GET', KEYS[1])
 end
 return {0, current}

@@ -37,5 +37,5 @@ redis.call('SET', KEYS[6], id .. '\n' .. current, 'PX', 60000)
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[7], KEYS[1], ARGV[4])
 end
-handoff(ARGV[3])
+handoff(ARGV[3], current)
 return {1, current}

@@ -2,7 +2,8 @@
 -- lock. Called when the wait starts, on every heartbeat and on a notification,
 -- so a lost notification costs at most one heartbeat interval.
 -- ARGV: 1 token, 2 this waiter's lock value (with its token), 3 pull base
---       repo, 4 pull number, 5 priority, 6 liveness ttl ms, 7 handoff channel
+--       repo, 4 pull number, 5 headstart us, 6 liveness ttl ms, 7 handoff
+--       channel
 -- Returns {1, lock held} or {0, current lock or nil}; {-1, value} if corrupt.
 local token = ARGV[1]
 local current = redis.call('GET', KEYS[1])
@@ -11,6 +12,7 @@ if current then
   -- handed to it and then deleted outside our scripts is gone with that
   -- value, so another pull's lock is never taken for this waiter's.
   if current == ARGV[2] then
+    forget_pull_entry(ARGV[3], ARGV[4])
     return {1, current}
   end
   local lock = decode(current)
@@ -19,19 +21,14 @@ if current then
   end
   if same_pull(lock, ARGV[3], ARGV[4]) then
     forget_waiter(token)
+    forget_pull_entry(ARGV[3], ARGV[4])
     return {1, adopt(current, token)}
   end
 end
 
 local now = math.floor(now_us() / 1000)
 if not redis.call('ZSCORE', KEYS[2], token) then
-  -- Higher priority sorts first; within a priority, earlier arrival (server
-  -- clock, microseconds since 2023-11-14) sorts first. Bands are 1e15 us
-  -- (31 years) apart and every score stays below 2^53, so it is exact.
-  local t = redis.call('TIME')
-  local arrival = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
-  local score = -tonumber(ARGV[5]) * 1e15 + arrival
-  redis.call('ZADD', KEYS[2], string.format('%.0f', score), token)
+  redis.call('ZADD', KEYS[2], queue_score(ARGV[5]), token)
   redis.call('HSET', KEYS[4], token, ARGV[2])
 end
 redis.call('HSET', KEYS[3], token, now + tonumber(ARGV[6]))
@@ -41,9 +38,10 @@ if not current then
   -- an upstream replica or by hand). Its holding ended by now: record that, as
   -- a release does, then serve the queue in order; we are in it.
   redis.call('HSET', KEYS[7], KEYS[1], string.format('%.0f', now_us()))
-  local holder = handoff(ARGV[7])
+  local holder = handoff(ARGV[7], nil)
   current = redis.call('GET', KEYS[1])
   if holder == token then
+    forget_pull_entry(ARGV[3], ARGV[4])
     return {1, current}
   end
 end

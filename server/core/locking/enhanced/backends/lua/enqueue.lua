@@ -1,0 +1,37 @@
+-- Queues a pull, durably, for a lock another pull holds. A pull already
+-- queued keeps its entry, place and expiry: an `atlantis plan` repeated while
+-- waiting changes nothing.
+-- ARGV: 1 token for a new entry, 2 the lock value it installs when handed the
+--       lock (with that token), 3 pull base repo, 4 pull number, 5 headstart
+--       us, 6 timeout ms, 7 priority
+-- Returns {2, current lock or nil} when the lock is free or the pull's own,
+-- and nothing was queued (the caller takes it); {-1, current} when the
+-- stored lock is corrupt; else {joined (1 new, 0 already queued), token,
+-- position (1 is the head), metadata, expiry ms, current lock}.
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return {2}
+end
+local lock = decode(current)
+if not lock then
+  return {-1, current}
+end
+if same_pull(lock, ARGV[3], ARGV[4]) then
+  return {2, current}
+end
+
+local pull = pull_id(ARGV[3], ARGV[4])
+local token = redis.call('HGET', KEYS[8], 'p:' .. pull)
+local joined = 0
+if not token or not redis.call('ZSCORE', KEYS[2], token) then
+  token = ARGV[1]
+  joined = 1
+  local now = math.floor(now_us() / 1000)
+  redis.call('ZADD', KEYS[2], queue_score(ARGV[5]), token)
+  redis.call('HSET', KEYS[4], token, ARGV[2])
+  redis.call('HSET', KEYS[3], token, now + tonumber(ARGV[6]))
+  redis.call('HSET', KEYS[8], token, ARGV[7] .. '|' .. now .. '|' .. pull, 'p:' .. pull, token)
+  redis.call('SADD', KEYS[11], KEYS[1])
+end
+local rank = redis.call('ZRANK', KEYS[2], token)
+return {joined, token, rank + 1, redis.call('HGET', KEYS[8], token), redis.call('HGET', KEYS[3], token), current}

@@ -1,0 +1,20 @@
+-- Records a delivery step of a notice and renews its lease, or, with an
+-- empty step, deletes the delivered notice; only for the claim holding it.
+-- KEYS: 1 outbox, 2 notices
+-- ARGV: 1 notice id, 2 claim id, 3 step or '' to acknowledge, 4 lease ms
+-- Returns 1, or 0 when another claim holds the notice or it is gone.
+local id = ARGV[1]
+if redis.call('HGET', KEYS[2], 'c:' .. id) ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id, 'c:' .. id, 'd:' .. id)
+  return 1
+end
+local done = redis.call('HGET', KEYS[2], 'd:' .. id) or ''
+redis.call('HSET', KEYS[2], 'd:' .. id, done .. ARGV[3] .. '\n')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[4]), id)
+return 1
