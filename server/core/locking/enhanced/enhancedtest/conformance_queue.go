@@ -111,23 +111,7 @@ func holderPull(t testing.TB, ctx context.Context, b enhanced.Backend, lock mode
 }
 
 func queueCases() []queueCase {
-	releases := []struct {
-		how     string
-		release func(ctx context.Context, b enhanced.Backend, holder models.ProjectLock) error
-	}{
-		{"unlock", func(ctx context.Context, b enhanced.Backend, h models.ProjectLock) error {
-			_, err := b.Unlock(ctx, h.Project, h.Workspace)
-			return err
-		}},
-		{"unlock if owned by pull", func(ctx context.Context, b enhanced.Backend, h models.ProjectLock) error {
-			_, err := b.UnlockIfOwnedByPull(ctx, h.Project, h.Workspace, h.Pull.Num)
-			return err
-		}},
-		{"unlock by pull", func(ctx context.Context, b enhanced.Backend, h models.ProjectLock) error {
-			_, err := b.UnlockByPull(ctx, h.Project.RepoFullName, h.Pull.Num)
-			return err
-		}},
-	}
+	releases := releasePaths()
 	var cases []queueCase
 	for _, rel := range releases {
 		cases = append(cases, queueCase{
@@ -353,7 +337,7 @@ func queueCases() []queueCase {
 			},
 		},
 		{
-			name: "a lock deleted outside enhanced locking goes to its queue's head on the next sweep",
+			name:        "a lock deleted outside enhanced locking goes to its queue's head on the next sweep",
 			needsDelete: true,
 			run: func(t *testing.T, ctx context.Context, b QueueingBackend, opts QueueOptions) {
 				holder := NewLock(repo, "dir", "default", "", 1)
@@ -444,7 +428,7 @@ func queueCases() []queueCase {
 			},
 		},
 		{
-			name: "queues and notices survive a restart",
+			name:        "queues and notices survive a restart",
 			needsReopen: true,
 			run: func(t *testing.T, ctx context.Context, b QueueingBackend, opts QueueOptions) {
 				holder := NewLock(repo, "dir", "default", "", 1)

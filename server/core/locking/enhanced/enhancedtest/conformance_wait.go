@@ -43,11 +43,17 @@ func receive(t testing.TB, results <-chan waitResult) waitResult {
 	}
 }
 
-func waitCases() []conformanceCase {
-	releases := []struct {
-		how     string
-		release func(ctx context.Context, b enhanced.Backend, holder models.ProjectLock) error
-	}{
+// releasePath is one way Atlantis releases a lock its holder has.
+type releasePath struct {
+	how     string
+	release func(ctx context.Context, b enhanced.Backend, holder models.ProjectLock) error
+}
+
+// releasePaths are the backend calls every release path of Atlantis ends in:
+// the locks page and API (Unlock), a pull's own release
+// (UnlockIfOwnedByPull), and closing or `atlantis unlock` (UnlockByPull).
+func releasePaths() []releasePath {
+	return []releasePath{
 		{"unlock", func(ctx context.Context, b enhanced.Backend, h models.ProjectLock) error {
 			_, err := b.Unlock(ctx, h.Project, h.Workspace)
 			return err
@@ -61,6 +67,10 @@ func waitCases() []conformanceCase {
 			return err
 		}},
 	}
+}
+
+func waitCases() []conformanceCase {
+	releases := releasePaths()
 	var cases []conformanceCase
 	for _, rel := range releases {
 		cases = append(cases, conformanceCase{
