@@ -10,6 +10,7 @@ import (
 
 	"github.com/atlantis-enhanced/atlantis/server"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 )
 
 // enhancedLockingConfig reads every --enhanced-locking-* value from v (flag >
@@ -70,6 +71,19 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 	if c.Features.PriorityRulesFile != "" {
 		if err := readableFile(c.Features.PriorityRulesFile); err != nil {
 			return fmt.Errorf("invalid --%s %q: %w: give the path of a readable YAML file", EnhancedLockingPriorityRulesFlag, c.Features.PriorityRulesFile, err)
+		}
+		if _, err := queue.LoadRules(c.Features.PriorityRulesFile); err != nil {
+			return fmt.Errorf("invalid --%s: %w", EnhancedLockingPriorityRulesFlag, err)
+		}
+	}
+	if c.Enabled && !c.Features.PriorityQueue {
+		for _, f := range []struct {
+			set  bool
+			flag string
+		}{{c.Features.AutoPlan, EnhancedLockingAutoPlanFlag}, {c.Features.PriorityRulesFile != "", EnhancedLockingPriorityRulesFlag}} {
+			if f.set {
+				return fmt.Errorf("--%s only applies to the priority queue: add --%s=true or drop it", f.flag, EnhancedLockingPriorityQueueFlag)
+			}
 		}
 	}
 	// The BoltDB backend and the BoltDB fallback run on the database upstream

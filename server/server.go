@@ -28,7 +28,9 @@ type Server struct {
 	// Adapter serves every lock operation; nil when enhanced locking is off.
 	Adapter *enhanced.Adapter
 	// backend is what the adapter runs on, with its health and resources.
-	backend             *lockBackend
+	backend *lockBackend
+	// queue is the priority queue; nil when it is off.
+	queue               *lockQueue
 	githubWebhookSecret string
 }
 
@@ -75,11 +77,20 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		backend.Close() // nolint: errcheck
 		return fmt.Errorf("enhanced locking: %w", err)
 	}
+	if s.queue, err = s.newLockQueue(userConfig, backend, scope); err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
+	var queuePolicy enhanced.QueuePolicy
+	if s.queue != nil {
+		queuePolicy = s.queue.policy
+	}
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,
 		SeparateLegacyLocks: backend.separateFromLegacy,
 		FallbackToLegacy:    s.Config.Fallback.Mode == FallbackBoltDB,
 		WaitTimeout:         s.Config.Features.WaitTimeout,
+		Queue:               queuePolicy,
 		Retry:               retryPolicy(s.Config.Features),
 		FallbackJournal:     journal,
 		BackendUnavailable:  backend.reportUnavailable,
@@ -191,7 +202,11 @@ func (s *Server) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s.watchBackend(ctx)
+	if s.queue != nil {
+		s.queue.start()
+	}
 	err := s.Server.Start()
+	s.queue.stop()
 	if closeErr := s.closeEnhanced(); closeErr != nil {
 		s.Logger.Err("closing enhanced locking backend: %v", closeErr)
 	}

@@ -39,6 +39,10 @@ type AdapterOptions struct {
 	// OperationTimeout bounds each backend call, waits excluded.
 	OperationTimeout time.Duration
 	Retry            RetryPolicy
+	// Queue, with a backend that keeps durable queues, puts the requests it
+	// chooses that find a lock held by another pull in the lock's queue, and
+	// takes closed and unlocked pulls out of every queue. nil queues nothing.
+	Queue QueuePolicy
 	// FallbackJournal records durably what a fallback changed, for the replay
 	// to survive a crash; nil keeps it in memory.
 	FallbackJournal *FallbackJournal
@@ -131,7 +135,22 @@ func (a *Adapter) TryLock(lock models.ProjectLock) (bool, models.ProjectLock, er
 }
 
 func (a *Adapter) tryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
-	req := LockRequest{Lock: lock, Priority: PriorityNormal}
+	req := a.request(lock)
+	acquired, current, byBackend, err := a.tryLockOnce(req)
+	if err != nil || acquired || !byBackend {
+		return acquired, current, err
+	}
+	if a.opts.WaitTimeout > 0 {
+		if acquired, current, err = a.wait(req); err != nil || acquired {
+			return acquired, current, err
+		}
+	}
+	return a.enqueue(req, current)
+}
+
+// tryLockOnce asks once, in whichever mode holds, and says whether the
+// backend answered.
+func (a *Adapter) tryLockOnce(req LockRequest) (bool, models.ProjectLock, bool, error) {
 	var acquired bool
 	var current models.ProjectLock
 	byBackend, err := a.run(func() error {
@@ -146,13 +165,10 @@ func (a *Adapter) tryLock(lock models.ProjectLock) (bool, models.ProjectLock, er
 		return err
 	}, func() error {
 		var err error
-		acquired, current, err = a.fallbackTryLock(lock)
+		acquired, current, err = a.fallbackTryLock(req.Lock)
 		return err
 	})
-	if err != nil || acquired || !byBackend || a.opts.WaitTimeout <= 0 {
-		return acquired, current, err
-	}
-	return a.wait(req)
+	return acquired, current, byBackend, err
 }
 
 // wait waits for a lock another pull holds, holding no mode lock meanwhile,
@@ -233,10 +249,14 @@ func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, 
 	return lock, a.wrap("unlock", err)
 }
 
-// UnlockByPull implements db.Database.
+// UnlockByPull implements db.Database. A pull that is closed or unlocked
+// leaves every queue first, so none of its locks can be handed back to it.
 func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.ProjectLock, error) {
 	var locks []models.ProjectLock
 	_, err := a.run(func() error {
+		if err := a.leaveQueues(repoFullName, pullNum); err != nil {
+			return err
+		}
 		err := a.call(func(ctx context.Context) error {
 			var err error
 			locks, err = a.backend.UnlockByPull(ctx, repoFullName, pullNum)

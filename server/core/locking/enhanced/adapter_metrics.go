@@ -16,6 +16,7 @@ type adapterMetrics struct {
 	errors         tally.Counter
 	conflicts      tally.Counter
 	mirrorFailures tally.Counter
+	queued         tally.Counter
 }
 
 func newAdapterMetrics(scope tally.Scope) adapterMetrics {
@@ -27,6 +28,7 @@ func newAdapterMetrics(scope tally.Scope) adapterMetrics {
 		errors:         scope.Counter("lock_errors_total"),
 		conflicts:      scope.Counter("lock_conflicts_total"),
 		mirrorFailures: scope.Counter("mirror_failures_total"),
+		queued:         scope.Counter("lock_requests_queued_total"),
 	}
 }
 

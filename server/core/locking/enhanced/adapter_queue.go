@@ -1,0 +1,84 @@
+package enhanced
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/runatlantis/atlantis/server/events/models"
+)
+
+// queues returns the backend's durable queues and the policy for them, when
+// both exist.
+func (a *Adapter) queues() (QueueBackend, QueuePolicy, bool) {
+	if a.opts.Queue == nil {
+		return nil, nil, false
+	}
+	q, ok := a.backend.(QueueBackend)
+	return q, a.opts.Queue, ok
+}
+
+// request builds the backend request for lock, classified by the queue
+// policy when there is one.
+func (a *Adapter) request(lock models.ProjectLock) LockRequest {
+	req := LockRequest{Lock: lock, Priority: PriorityNormal}
+	if a.opts.Queue != nil {
+		req.Priority, req.Headstart = a.opts.Queue.Classify(lock)
+	}
+	return req
+}
+
+// enqueue puts a request refused because another pull holds the lock in the
+// lock's queue, when the policy wants it. The caller still answers "not
+// acquired" with the holder, so upstream comments as it always does; the
+// queue adds what happens next. A lock that came free meanwhile is taken
+// instead. Failing to queue never fails the request: the pull is where
+// upstream would leave it, and the error is logged.
+func (a *Adapter) enqueue(req LockRequest, holder models.ProjectLock) (bool, models.ProjectLock, error) {
+	queues, policy, ok := a.queues()
+	if !ok || a.fallback.Load() || !policy.ShouldQueue(req.Lock) {
+		return false, holder, nil
+	}
+	var res EnqueueResult
+	err := a.call(func(ctx context.Context) error {
+		var err error
+		res, err = queues.Enqueue(ctx, QueueRequest{Lock: req.Lock, Priority: req.Priority, Headstart: req.Headstart, Timeout: policy.Timeout()})
+		return err
+	}, 0)
+	if err != nil {
+		a.opts.Logger.Warn("could not queue pull %d for lock %q, leaving it locked out as upstream does: %s",
+			req.Lock.Pull.Num, models.GenerateLockKey(req.Lock.Project, req.Lock.Workspace), err)
+		return false, holder, nil
+	}
+	if !res.Queued {
+		// Freed, or handed to this pull, since the first attempt.
+		acquired, current, _, err := a.tryLockOnce(req)
+		return acquired, current, err
+	}
+	a.metrics.queued.Inc(1)
+	policy.Queued(res)
+	return false, *res.Holder, nil
+}
+
+// leaveQueues takes the pull out of every queue before its locks are
+// released, so that a closed or unlocked pull is never handed a lock. Only an
+// unreachable backend stops the release (which then goes where the mode
+// says); any other failure is logged and the locks are released all the
+// same: a closed pull must not keep them, and an entry left behind expires.
+func (a *Adapter) leaveQueues(repoFullName string, pullNum int) error {
+	queues, _, ok := a.queues()
+	if !ok {
+		return nil
+	}
+	err := a.call(func(ctx context.Context) error {
+		_, err := queues.LeaveQueues(ctx, repoFullName, pullNum)
+		return err
+	}, 0)
+	if errors.Is(err, ErrBackendUnavailable) {
+		return fmt.Errorf("leaving the lock queues of pull %s#%d: %w", repoFullName, pullNum, err)
+	}
+	if err != nil {
+		a.opts.Logger.Warn("pull %s#%d could not leave its lock queues, releasing its locks anyway (an entry left behind expires): %s", repoFullName, pullNum, err)
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/runatlantis/atlantis/server/events/models"
+	"github.com/runatlantis/atlantis/server/logging"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+)
+
+// Commenter is the part of upstream's vcs.Client the queue comments through.
+type Commenter interface {
+	CreateComment(logger logging.SimpleLogging, repo models.Repo, pullNum int, comment string, command string) error
+	HidePrevCommandComments(logger logging.SimpleLogging, repo models.Repo, pullNum int, command string, dir string) error
+}
+
+// positionCommand names the position comments for HidePrevCommandComments,
+// which hides the bot's comments whose first line contains it. No other
+// comment's first line does: upstream's start with "Ran <Command>", ours
+// with the words below, and none says "lock queue position".
+const positionCommand = "lock queue position"
+
+// notifyTimeout bounds the VCS calls of one notification.
+const notifyTimeout = time.Minute
+
+// Notifier writes the queue's comments on pull requests.
+type Notifier struct {
+	queues   enhanced.QueueBackend
+	vcs      Commenter
+	autoPlan bool
+	logger   logging.SimpleLogging
+}
+
+// NewNotifier returns a notifier reading queues and commenting through vcs;
+// autoPlan says whether pulls handed a lock are re-planned, which the
+// comments tell them.
+func NewNotifier(queues enhanced.QueueBackend, vcs Commenter, autoPlan bool, logger logging.SimpleLogging) *Notifier {
+	if logger == nil {
+		logger = enhanced.NopLogger{}
+	}
+	return &Notifier{queues: queues, vcs: vcs, autoPlan: autoPlan, logger: logger}
+}
+
+// PostPositions replaces the pull's position comment with one listing every
+// queue it is in, or only hides the old one when it is in none. Errors are
+// logged (a missed position comment is noise lost, not a lock) and returned.
+func (n *Notifier) PostPositions(ctx context.Context, repo models.Repo, pullNum int) error {
+	entries, err := n.queues.PullEntries(ctx, repo.FullName, pullNum)
+	if err != nil {
+		return n.failed(repo, pullNum, "reading its queue entries", err)
+	}
+	holders := make([]*models.ProjectLock, len(entries))
+	depths := make([]int, len(entries))
+	for i, e := range entries {
+		q, err := n.queues.Queue(ctx, e.Lock.Project, e.Lock.Workspace)
+		if err != nil {
+			return n.failed(repo, pullNum, "reading a queue", err)
+		}
+		holders[i], depths[i] = q.Holder, len(q.Entries)
+	}
+	if err := n.vcs.HidePrevCommandComments(n.logger, repo, pullNum, positionCommand, ""); err != nil {
+		n.logger.Warn("hiding the previous queue position comments of pull %s#%d: %s", repo.FullName, pullNum, err)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	body := positionsComment(entries, holders, depths, n.autoPlan)
+	if err := n.vcs.CreateComment(n.logger, repo, pullNum, body, positionCommand); err != nil {
+		return n.failed(repo, pullNum, "commenting its queue positions", err)
+	}
+	return nil
+}
+
+func (n *Notifier) failed(repo models.Repo, pullNum int, doing string, err error) error {
+	err = fmt.Errorf("telling pull %s#%d its lock queue positions: %s: %w", repo.FullName, pullNum, doing, err)
+	n.logger.Warn("%s", err)
+	return err
+}
+
+// Transferred tells the pull it was handed a lock.
+func (n *Notifier) Transferred(notice enhanced.QueueNotice) error {
+	lock := notice.Entry.Lock
+	return n.comment(lock, transferredComment(notice, n.autoPlan))
+}
+
+// Expired tells the pull its entry expired; holder is who still holds the
+// lock, if anyone.
+func (n *Notifier) Expired(notice enhanced.QueueNotice, holder *models.ProjectLock) error {
+	return n.comment(notice.Entry.Lock, expiredComment(notice, holder))
+}
+
+func (n *Notifier) comment(lock models.ProjectLock, body string) error {
+	if err := n.vcs.CreateComment(n.logger, lock.Pull.BaseRepo, lock.Pull.Num, body, ""); err != nil {
+		return fmt.Errorf("commenting on pull %s#%d: %w", lock.Pull.BaseRepo.FullName, lock.Pull.Num, err)
+	}
+	return nil
+}
+
+// freed is what positionsComment shows for a lock released a moment ago,
+// whose hand-over is being announced.
+const freed = "nobody (released just now)"
+
+func positionsComment(entries []enhanced.QueueEntry, holders []*models.ProjectLock, depths []int, autoPlan bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "**Lock queue position**: this pull request waits for %s.\n\n", plural(len(entries), "locked project"))
+	b.WriteString("| Project | Position | Locked by | Priority | Expires |\n|---|---|---|---|---|\n")
+	var lockedBy []string
+	for i, e := range entries {
+		holder := freed
+		if h := holders[i]; h != nil {
+			holder = pullRef(h.Pull)
+			if !slices.Contains(lockedBy, holder) {
+				lockedBy = append(lockedBy, holder)
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %d of %d | %s | %s | %s |\n", projectName(e.Lock), e.Position, depths[i], holder, e.Priority,
+			e.Expires.UTC().Format("2006-01-02 15:04 UTC"))
+	}
+	who := "the pull request holding a lock"
+	if len(lockedBy) > 0 {
+		who = strings.Join(lockedBy, " or ")
+	}
+	fmt.Fprintf(&b, "\nWhen %s is merged, closed or unlocked and this pull request is first in line, it gets the lock", who)
+	if autoPlan {
+		b.WriteString(" and Atlantis re-plans it, on its current head commit, with nobody commenting.")
+	} else {
+		b.WriteString(" and is told here; then comment `atlantis plan` to plan it.")
+	}
+	b.WriteString(" Planning again keeps its place; `atlantis unlock` or closing it leaves the queue.\n")
+	return b.String()
+}
+
+func transferredComment(notice enhanced.QueueNotice, autoPlan bool) string {
+	lock := notice.Entry.Lock
+	var b strings.Builder
+	fmt.Fprintf(&b, "**Lock handed over**: this pull request now holds the lock of %s, after waiting %s in its queue.\n\n",
+		projectName(lock), waited(notice.Entry.Enqueued, notice.At))
+	if autoPlan {
+		fmt.Fprintf(&b, "Atlantis is re-planning it on the current head commit, as if you had commented `%s`.\n", planCommand(lock))
+	} else {
+		fmt.Fprintf(&b, "Comment `%s` to plan it.\n", planCommand(lock))
+	}
+	return b.String()
+}
+
+func expiredComment(notice enhanced.QueueNotice, holder *models.ProjectLock) string {
+	lock := notice.Entry.Lock
+	var b strings.Builder
+	fmt.Fprintf(&b, "**Lock queue entry expired**: this pull request waited %s for the lock of %s and left its queue.\n\n",
+		waited(notice.Entry.Enqueued, notice.At), projectName(lock))
+	if holder != nil {
+		fmt.Fprintf(&b, "It is still locked by %s. ", pullRef(holder.Pull))
+	}
+	fmt.Fprintf(&b, "Comment `%s` to queue again.\n", planCommand(lock))
+	return b.String()
+}
+
+// planCommand is the comment that plans just this project.
+func planCommand(lock models.ProjectLock) string {
+	if lock.Project.ProjectName != "" {
+		return "atlantis plan -p " + lock.Project.ProjectName
+	}
+	return fmt.Sprintf("atlantis plan -d %s -w %s", lock.Project.Path, lock.Workspace)
+}
+
+func projectName(lock models.ProjectLock) string {
+	name := fmt.Sprintf("`%s` (workspace `%s`)", lock.Project.Path, lock.Workspace)
+	if lock.Project.ProjectName != "" {
+		name = fmt.Sprintf("project `%s`, ", lock.Project.ProjectName) + name
+	}
+	return name
+}
+
+func pullRef(pull models.PullRequest) string {
+	if pull.URL != "" {
+		return fmt.Sprintf("[#%d](%s)", pull.Num, pull.URL)
+	}
+	return fmt.Sprintf("#%d", pull.Num)
+}
+
+func waited(from, to time.Time) string {
+	if from.IsZero() || to.Before(from) {
+		return "a moment"
+	}
+	return to.Sub(from).Round(time.Second).String()
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}

@@ -1,0 +1,302 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/runatlantis/atlantis/server/events/models"
+	"github.com/runatlantis/atlantis/server/logging"
+	tally "github.com/uber-go/tally/v4"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+)
+
+// Planner re-runs the plan of one project for the pull that holds its lock,
+// on the pull's current head commit. It returns once the plan ran; an error
+// says it failed.
+type Planner interface {
+	Replan(ctx context.Context, lock models.ProjectLock) error
+}
+
+// NoticeWatcher is implemented by backends that announce new notices, so
+// they are delivered at once rather than at the next poll.
+type NoticeWatcher interface {
+	WatchNotices(ctx context.Context) <-chan struct{}
+}
+
+// WorkerOptions configures a Worker. Zero values take the defaults.
+type WorkerOptions struct {
+	// AutoPlan re-plans the project for the pull handed its lock.
+	AutoPlan bool
+	// Lease is how long a claimed notice is this replica's to deliver before
+	// another may take it over (default 2m). It must outlast the comment
+	// calls of one delivery.
+	Lease time.Duration
+	// Poll is how often due notices are claimed without an announcement
+	// (default 5s): a replica that died mid-delivery is taken over within
+	// Lease + Poll.
+	Poll time.Duration
+	// SweepEvery is how often this replica expires entries and repairs
+	// queues (default 30s).
+	SweepEvery time.Duration
+	Logger     logging.SimpleLogging
+	Scope      tally.Scope
+}
+
+// Worker delivers the queue's notices (the comment and the re-plan of a
+// hand-over, the comment of an expiry) and sweeps the queues. Every replica
+// runs one; the outbox's leases make each notice one replica's at a time.
+//
+// Each notice is delivered exactly once in the sense that matters: a step
+// recorded as done (MarkNotice) is never repeated. The comment is recorded
+// after it is posted, so a replica that dies between the two (a window of
+// one Redis round trip) leaves it to be posted again: at most a duplicate
+// comment, never a missing one. The re-plan is recorded before it starts,
+// so it never runs twice; a replica that dies while the plan runs loses the
+// plan as upstream does, and the pull keeps the lock.
+type Worker struct {
+	queues   enhanced.QueueBackend
+	notifier *Notifier
+	planner  Planner
+	opts     WorkerOptions
+	metrics  metrics
+
+	wake chan struct{}
+	// plans serialises re-plans per pull: projects of one pull handed over
+	// together plan one after the other, as one pull's commands do.
+	plansMu sync.Mutex
+	plans   map[pullKey]*pullPlans
+	running sync.WaitGroup
+}
+
+// NewWorker returns a worker over queues. planner may be nil when
+// opts.AutoPlan is off.
+func NewWorker(queues enhanced.QueueBackend, notifier *Notifier, planner Planner, opts WorkerOptions) *Worker {
+	if opts.Lease <= 0 {
+		opts.Lease = 2 * time.Minute
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = 5 * time.Second
+	}
+	if opts.SweepEvery <= 0 {
+		opts.SweepEvery = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = enhanced.NopLogger{}
+	}
+	if opts.Scope == nil {
+		opts.Scope = tally.NoopScope
+	}
+	return &Worker{
+		queues:   queues,
+		notifier: notifier,
+		planner:  planner,
+		opts:     opts,
+		metrics:  newMetrics(opts.Scope),
+		wake:     make(chan struct{}, 1),
+		plans:    map[pullKey]*pullPlans{},
+	}
+}
+
+// claimBatch bounds the notices one claim takes.
+const claimBatch = 50
+
+// opTimeout bounds one backend call of the worker.
+const opTimeout = 10 * time.Second
+
+// Run delivers and sweeps until ctx is done, then waits for the re-plans it
+// started.
+func (w *Worker) Run(ctx context.Context) {
+	defer w.running.Wait()
+	var announced <-chan struct{}
+	if watcher, ok := w.queues.(NoticeWatcher); ok {
+		announced = watcher.WatchNotices(ctx)
+	}
+	poll := time.NewTicker(w.opts.Poll)
+	defer poll.Stop()
+	sweep := time.NewTicker(w.opts.SweepEvery)
+	defer sweep.Stop()
+	w.Sweep(ctx)
+	for {
+		if _, err := w.DeliverDue(ctx); err != nil && ctx.Err() == nil {
+			w.opts.Logger.Warn("delivering lock queue notices: %s", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-announced:
+		case <-w.wake:
+		case <-poll.C:
+		case <-sweep.C:
+			w.Sweep(ctx)
+		}
+	}
+}
+
+// Wake asks for due notices to be delivered now.
+func (w *Worker) Wake() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Sweep expires entries and repairs queues, logging what it did.
+func (w *Worker) Sweep(ctx context.Context) enhanced.SweepResult {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	res, err := w.queues.Sweep(ctx)
+	if err != nil {
+		w.opts.Logger.Warn("sweeping the lock queues: %s", err)
+		return res
+	}
+	w.metrics.depth.Update(float64(res.Depth))
+	if res.Expired > 0 || res.Transferred > 0 {
+		w.opts.Logger.Info("lock queues: %d entr(y/ies) expired, %d lock(s) deleted outside enhanced locking handed to their queues", res.Expired, res.Transferred)
+		w.Wake()
+	}
+	return res
+}
+
+// DeliverDue claims the notices due now and delivers them, returning how
+// many it delivered.
+func (w *Worker) DeliverDue(ctx context.Context) (int, error) {
+	delivered := 0
+	for {
+		claimCtx, cancel := context.WithTimeout(ctx, opTimeout)
+		notices, err := w.queues.ClaimNotices(claimCtx, w.opts.Lease, claimBatch)
+		cancel()
+		if err != nil {
+			return delivered, err
+		}
+		var errs []error
+		for _, n := range notices {
+			if err := w.deliver(ctx, n); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			delivered++
+		}
+		if err := errors.Join(errs...); err != nil || len(notices) < claimBatch {
+			return delivered, err
+		}
+	}
+}
+
+// deliver carries out one notice's steps that no earlier claim finished.
+func (w *Worker) deliver(ctx context.Context, n enhanced.QueueNotice) error {
+	ctx, cancel := context.WithTimeout(ctx, notifyTimeout)
+	defer cancel()
+	lock := n.Entry.Lock
+	q, err := w.queues.Queue(ctx, lock.Project, lock.Workspace)
+	if err != nil {
+		return err
+	}
+	switch n.Kind {
+	case enhanced.NoticeTransferred:
+		if q.Holder == nil || q.Holder.Pull.Num != lock.Pull.Num || q.Holder.Pull.BaseRepo.FullName != lock.Pull.BaseRepo.FullName {
+			// Let go again before anybody told it (closed, unlocked):
+			// nothing to announce any more.
+			w.opts.Logger.Info("lock %q was handed to pull %d, which no longer holds it: not announcing it", key(lock), lock.Pull.Num)
+			return w.ack(ctx, n, q)
+		}
+		if !n.Has(enhanced.StepCommented) {
+			if err := w.notifier.Transferred(n); err != nil {
+				return err
+			}
+			if err := w.queues.MarkNotice(ctx, n, enhanced.StepCommented, w.opts.Lease); err != nil {
+				return err
+			}
+		}
+		if w.opts.AutoPlan && w.planner != nil && !n.Has(enhanced.StepReplanned) {
+			if err := w.queues.MarkNotice(ctx, n, enhanced.StepReplanned, w.opts.Lease); err != nil {
+				return err
+			}
+			w.replan(lock)
+		}
+		w.metrics.transfers.Inc(1)
+		if !n.Entry.Enqueued.IsZero() {
+			w.metrics.waitTime.Record(n.At.Sub(n.Entry.Enqueued))
+		}
+	case enhanced.NoticeExpired:
+		if !n.Has(enhanced.StepCommented) {
+			if err := w.notifier.Expired(n, q.Holder); err != nil {
+				return err
+			}
+		}
+		w.metrics.expiries.Inc(1)
+	default:
+		w.opts.Logger.Warn("dropping lock queue notice %q of unknown kind %q", n.ID, n.Kind)
+	}
+	return w.ack(ctx, n, q)
+}
+
+// ack deletes a delivered notice, then tells the pull that left the queue
+// (its comment now lists only the queues it is still in) and the pulls still
+// in it their new places.
+func (w *Worker) ack(ctx context.Context, n enhanced.QueueNotice, q enhanced.LockQueue) error {
+	if err := w.queues.AckNotice(ctx, n); err != nil {
+		return err
+	}
+	left := n.Entry.Lock.Pull
+	_ = w.notifier.PostPositions(ctx, left.BaseRepo, left.Num)
+	told := map[pullKey]bool{keyOf(left.BaseRepo.FullName, left.Num): true}
+	for _, e := range q.Entries {
+		k := keyOf(e.Lock.Pull.BaseRepo.FullName, e.Lock.Pull.Num)
+		if e.Synchronous || told[k] {
+			continue
+		}
+		told[k] = true
+		_ = w.notifier.PostPositions(ctx, e.Lock.Pull.BaseRepo, e.Lock.Pull.Num)
+	}
+	return nil
+}
+
+// pullPlans serialises one pull's re-plans; users counts the re-plans
+// holding or waiting for it, so it is dropped when none is left.
+type pullPlans struct {
+	sync.Mutex
+	users int
+}
+
+// replan runs the plan in the background, after any other re-plan of the
+// same pull.
+func (w *Worker) replan(lock models.ProjectLock) {
+	k := keyOf(lock.Pull.BaseRepo.FullName, lock.Pull.Num)
+	w.plansMu.Lock()
+	p := w.plans[k]
+	if p == nil {
+		p = &pullPlans{}
+		w.plans[k] = p
+	}
+	p.users++
+	w.plansMu.Unlock()
+	w.metrics.replansStarted.Inc(1)
+	w.running.Add(1)
+	go func() {
+		defer w.running.Done()
+		p.Lock()
+		err := w.planner.Replan(context.Background(), lock)
+		p.Unlock()
+		w.plansMu.Lock()
+		if p.users--; p.users == 0 {
+			delete(w.plans, k)
+		}
+		w.plansMu.Unlock()
+		if err != nil {
+			w.metrics.replansFailed.Inc(1)
+			w.opts.Logger.Warn("re-planning %q for pull %d, which was handed its lock: %s", key(lock), lock.Pull.Num, err)
+		}
+	}()
+}
+
+// Wait returns once every re-plan this worker started has ended.
+func (w *Worker) Wait() {
+	w.running.Wait()
+}
+
+func key(lock models.ProjectLock) string {
+	return models.GenerateLockKey(lock.Project, lock.Workspace)
+}
