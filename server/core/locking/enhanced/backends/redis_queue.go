@@ -58,7 +58,13 @@ func (r *Redis) Enqueue(ctx context.Context, req enhanced.QueueRequest) (enhance
 	if err != nil {
 		return enhanced.EnqueueResult{}, redisError(fmt.Sprintf("queueing for lock %q", k.lock), err)
 	}
-	return r.parseEnqueue(k, vals)
+	res, err := r.parseEnqueue(k, vals)
+	if res.Queued {
+		// The stored value is the request as first queued: the same pull and
+		// project as this one.
+		res.Entry.Lock = req.Lock
+	}
+	return res, err
 }
 
 func (r *Redis) parseEnqueue(k lockKeys, vals []any) (enhanced.EnqueueResult, error) {
@@ -94,7 +100,6 @@ func (r *Redis) parseEnqueue(k lockKeys, vals []any) (enhanced.EnqueueResult, er
 	if err != nil {
 		return res, err
 	}
-	// The stored value is the request as first queued; the caller knows it.
 	return enhanced.EnqueueResult{Queued: true, Joined: status == 1, Entry: entry, Holder: &holder}, nil
 }
 

@@ -173,6 +173,8 @@ func queueCases() []queueCase {
 				a := mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 				Assert(t, a.Joined, "first enqueue did not join")
 				Equals(t, 1, a.Entry.Position)
+				Equals(t, 2, a.Entry.Lock.Pull.Num)
+				Equals(t, "dir", a.Entry.Lock.Project.Path)
 				Equals(t, 1, a.Holder.Pull.Num)
 				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 3), enhanced.PriorityNormal, queueTimeout))
 				// A repeat, even at a higher priority, keeps its place.

@@ -184,8 +184,8 @@ func pullRef(pull models.PullRequest) string {
 }
 
 func waited(from, to time.Time) string {
-	if from.IsZero() || to.Before(from) {
-		return "a moment"
+	if from.IsZero() || to.Sub(from) < time.Second {
+		return "under a second"
 	}
 	return to.Sub(from).Round(time.Second).String()
 }

@@ -161,7 +161,7 @@ func (w *Worker) Sweep(ctx context.Context) enhanced.SweepResult {
 }
 
 // DeliverDue claims the notices due now and delivers them, returning how
-// many it delivered.
+// many it handled: delivered, or dropped as having nobody to tell.
 func (w *Worker) DeliverDue(ctx context.Context) (int, error) {
 	delivered := 0
 	for {
