@@ -218,6 +218,7 @@ func (a *Adapter) Unlock(project models.Project, workspace string) (*models.Proj
 		}, 0)
 		if err == nil && a.opts.SeparateLegacyLocks {
 			a.mirrorUnlock(project, workspace, nil)
+			a.mirrorHandOvers(lock)
 		}
 		return err
 	}, func() error {
@@ -239,6 +240,7 @@ func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, 
 		}, 0)
 		if err == nil && a.opts.SeparateLegacyLocks {
 			a.mirrorUnlock(project, workspace, &pullNum)
+			a.mirrorHandOvers(lock)
 		}
 		return err
 	}, func() error {
@@ -264,6 +266,9 @@ func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.Proje
 		}, 0)
 		if err == nil && a.opts.SeparateLegacyLocks {
 			a.mirrorUnlockByPull(repoFullName, pullNum)
+			for i := range locks {
+				a.mirrorHandOvers(&locks[i])
+			}
 		}
 		return err
 	}, func() error {

@@ -82,3 +82,31 @@ func (a *Adapter) leaveQueues(repoFullName string, pullNum int) error {
 	}
 	return nil
 }
+
+// mirrorHandOvers copies into the legacy database the holder a release just
+// handed the lock to, if any: a queued pull is handed the lock inside the
+// backend's release, with no adapter call of its own that would mirror it,
+// and a rollback must find it holding the lock. Queued after the release's
+// own change in the ordered mirror, so the legacy copy ends as the backend.
+func (a *Adapter) mirrorHandOvers(released *models.ProjectLock) {
+	if released == nil {
+		return
+	}
+	if _, _, ok := a.queues(); !ok {
+		return
+	}
+	var holder *models.ProjectLock
+	err := a.call(func(ctx context.Context) error {
+		var err error
+		holder, err = a.backend.GetLock(ctx, released.Project, released.Workspace)
+		return err
+	}, 0)
+	if err != nil {
+		a.opts.Logger.Warn("reading who lock %q was handed to, for the legacy copy (a rollback copies it from Redis when Redis answers): %s",
+			models.GenerateLockKey(released.Project, released.Workspace), err)
+		return
+	}
+	if holder != nil {
+		a.mirrorLock(*holder)
+	}
+}

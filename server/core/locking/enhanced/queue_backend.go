@@ -110,8 +110,13 @@ type LockQueue struct {
 	Project   models.Project
 	Workspace string
 	// Holder is nil when the lock is free.
-	Holder  *models.ProjectLock
-	Entries []QueueEntry
+	Holder *models.ProjectLock
+	// HolderID identifies the acquisition that holds the lock, where the
+	// backend tells acquisitions apart (else ""): the ID of the entry the
+	// lock was handed to, until its pull takes the lock again by a request
+	// of its own.
+	HolderID string
+	Entries  []QueueEntry
 }
 
 // SweepResult counts what a Sweep did.

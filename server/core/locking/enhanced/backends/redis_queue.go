@@ -293,6 +293,7 @@ func (r *Redis) parseQueue(k lockKeys, vals []any) (enhanced.LockQueue, error) {
 			return q, err
 		}
 		q.Holder = &holder
+		q.HolderID = tokenOf(current)
 		q.Project, q.Workspace = holder.Project, holder.Workspace
 	}
 	n, _ := vals[1].(int64)

@@ -39,3 +39,12 @@ func writtenByEnhanced(value string) bool {
 	i := strings.LastIndex(value, tokenField)
 	return i >= 0 && strings.HasSuffix(value, `"}`) && !strings.ContainsAny(value[i+len(tokenField):len(value)-2], `"\`)
 }
+
+// tokenOf returns the acquisition token of a value an enhanced replica
+// wrote, or "".
+func tokenOf(value string) string {
+	if !writtenByEnhanced(value) {
+		return ""
+	}
+	return value[strings.LastIndex(value, tokenField)+len(tokenField) : len(value)-2]
+}

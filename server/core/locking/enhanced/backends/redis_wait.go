@@ -98,14 +98,14 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration, curr models.Pr
 	defer heartbeat.Stop()
 	for {
 		select {
-		case note, ok := <-notes:
+		case _, ok := <-notes:
 			if !ok {
 				notes = nil // closed with the subscription; heartbeats still check
 				continue
 			}
-			if note.Payload != w.token {
-				continue
-			}
+			// Checked whoever the hand-over names: the lock handed to
+			// this waiter's own pull (its durable queue entry) is this
+			// waiter's too, and the check adopts it.
 		case <-heartbeat.C:
 		case <-deadline.C:
 			return w.leave(ctx, true, curr)

@@ -202,6 +202,13 @@ func (w *Worker) deliver(ctx context.Context, n enhanced.QueueNotice) error {
 			w.opts.Logger.Info("lock %q was handed to pull %d, which no longer holds it: not announcing it", key(lock), lock.Pull.Num)
 			return w.ack(ctx, n, q)
 		}
+		if q.HolderID != "" && q.HolderID != n.Entry.ID && !n.Has(enhanced.StepCommented) {
+			// The pull took the lock again by a request of its own, a plan
+			// whose bounded wait was served by this hand-over: that plan
+			// runs, so a re-plan would run it twice.
+			w.opts.Logger.Info("lock %q was handed to pull %d, whose own plan took it: not announcing it", key(lock), lock.Pull.Num)
+			return w.ack(ctx, n, q)
+		}
 		if !n.Has(enhanced.StepCommented) {
 			if err := w.notifier.Transferred(n); err != nil {
 				return err

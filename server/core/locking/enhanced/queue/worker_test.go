@@ -313,3 +313,29 @@ func TestPolicy_QueuesOnlyPlansAndCommentsOncePerCommand(t *testing.T) {
 		pegomock.Eq("lock queue position"), pegomock.Eq(""))
 	Assert(t, !policy.ShouldQueue(pullLock("prod", 2)), "still queueing after the commands ended")
 }
+
+// TestWorker_LeavesAHandOverToThePlanThatWaitedForIt: a pull queued earlier
+// plans again with a bounded wait, and the release serves that wait: its own
+// plan runs on, so the worker neither comments nor re-plans.
+func TestWorker_LeavesAHandOverToThePlanThatWaitedForIt(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newReplica(t, srv, true, time.Minute)
+	ctx := context.Background()
+	mustLock(t, r.backend, pullLock("dir", 1))
+	enqueue(t, r.backend, pullLock("dir", 2), enhanced.PriorityNormal)
+	waited := make(chan bool, 1)
+	go func() {
+		acquired, _, err := r.backend.TryLockWithTimeout(ctx, enhanced.LockRequest{Lock: pullLock("dir", 2)}, 10*time.Second)
+		waited <- err == nil && acquired
+	}()
+	enhancedtest.AwaitQueue(t, r.backend, pullLock("dir", 2), 2)
+	_, err := r.backend.UnlockByPull(ctx, repo, 1)
+	Ok(t, err)
+	Assert(t, <-waited, "the bounded wait did not get the lock")
+	n, err := r.worker.DeliverDue(ctx)
+	Ok(t, err)
+	Equals(t, 1, n)
+	r.worker.Wait()
+	Equals(t, 0, len(withPrefix(handedOver, r)))
+	Equals(t, 0, len(r.planner.planned()))
+}
