@@ -10,10 +10,13 @@ import (
 	upstream "github.com/runatlantis/atlantis/server"
 	"github.com/runatlantis/atlantis/server/core/db/mocks"
 	"github.com/runatlantis/atlantis/server/core/locking"
+	"github.com/runatlantis/atlantis/server/events"
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 	"go.uber.org/mock/gomock"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 )
 
 func testUserConfig(t testing.TB) upstream.UserConfig {
@@ -44,6 +47,10 @@ func TestSeamTypes(t *testing.T) {
 	_, ok = locking.NewApplyClient(nil, false, false).(*locking.ApplyClient)
 	Assert(t, ok, "SEAM BROKEN: locking.NewApplyClient no longer returns *locking.ApplyClient")
 	Assert(t, srv.LocksController.Database != nil, "SEAM BROKEN: LocksController.Database no longer exposes the legacy database")
+	Assert(t, srv.VCSEventsController != nil && srv.VCSEventsController.CommandRunner != nil,
+		"SEAM BROKEN: VCSEventsController.CommandRunner no longer carries the webhook commands; installCommandRunner must be rewritten for this upstream version")
+	var _ events.CommandRunner = srv.VCSEventsController.CommandRunner
+	Assert(t, srv.LocksController.VCSClient != nil, "SEAM BROKEN: LocksController.VCSClient no longer exposes the VCS client the queue comments through")
 }
 
 // TestSeam_UpstreamComponentsUseTheInstalledDatabase locks through upstream's
@@ -189,4 +196,45 @@ func TestHealthz(t *testing.T) {
 			Equals(t, c.exp, body.EnhancedLocking)
 		})
 	}
+}
+
+// queueingSeenBy stands for upstream's command runner: it records whether
+// the queue policy would queue the pull's requests while each command runs.
+type queueingSeenBy struct {
+	policy *queue.Policy
+	seen   []bool
+}
+
+func (r *queueingSeenBy) observe(repo models.Repo, pullNum int) {
+	r.seen = append(r.seen, r.policy.ShouldQueue(models.ProjectLock{Pull: models.PullRequest{Num: pullNum, BaseRepo: repo}}))
+}
+
+func (r *queueingSeenBy) RunCommentCommand(baseRepo models.Repo, _ *models.Repo, _ *models.PullRequest, _ models.User, pullNum int, _ *events.CommentCommand) {
+	r.observe(baseRepo, pullNum)
+}
+
+func (r *queueingSeenBy) RunAutoplanCommand(baseRepo models.Repo, _ models.Repo, pull models.PullRequest, _ models.User) {
+	r.observe(baseRepo, pull.Num)
+}
+
+// TestSeam_CommandRunnerTellsTheQueueWhoPlans: every command a webhook asks
+// for passes the wrapper, which marks the pull as planning for exactly as
+// long as a plan runs.
+func TestSeam_CommandRunnerTellsTheQueueWhoPlans(t *testing.T) {
+	srv, err := upstream.NewServer(testUserConfig(t), testConfig())
+	Ok(t, err)
+	policy := queue.NewPolicy(queue.DefaultRules(), time.Hour, nil)
+	upstreamRunner := &queueingSeenBy{policy: policy}
+	srv.VCSEventsController.CommandRunner = upstreamRunner
+	runner, err := installCommandRunner(srv, policy)
+	Ok(t, err)
+	Assert(t, srv.VCSEventsController.CommandRunner == runner, "the events controller does not call the wrapper")
+
+	repo := models.Repo{FullName: "org/repo"}
+	runner.RunCommentCommand(repo, nil, nil, models.User{}, 7, &events.CommentCommand{Name: command.Plan})
+	runner.RunCommentCommand(repo, nil, nil, models.User{}, 7, &events.CommentCommand{Name: command.Apply})
+	runner.RunAutoplanCommand(repo, repo, models.PullRequest{Num: 7, BaseRepo: repo}, models.User{})
+	runner.RunCommentCommand(repo, nil, nil, models.User{}, 7, nil)
+	Equals(t, []bool{true, false, true, false}, upstreamRunner.seen)
+	Assert(t, !policy.ShouldQueue(models.ProjectLock{Pull: models.PullRequest{Num: 7, BaseRepo: repo}}), "still planning after the commands returned")
 }
