@@ -10,6 +10,7 @@ import (
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
@@ -17,8 +18,9 @@ import (
 
 // BoltDB is the enhanced backend for a single Atlantis replica. It keeps
 // locks in the database the upstream server already opened (atlantis.db is
-// held with a file lock, so it cannot be opened twice) and adds priority
-// waits in process.
+// held with a file lock, so it cannot be opened twice), adds priority waits
+// in process, and, once OpenQueues opened a queue file of its own, durable
+// queues with an outbox of notices (boltdb_queue.go, boltdb_outbox.go).
 //
 // It is safe for one replica only: the waiters and the mutex that makes an
 // unlock and its handoff one step live in this process. It reaches the
@@ -28,13 +30,22 @@ type BoltDB struct {
 	legacy *legacydb.Guarded
 	logger logging.SimpleLogging
 
-	// mu serialises every lock change made through this backend, so that an
-	// unlock and the handoff of the lock to the next waiter happen as one step
-	// for every other caller: nobody can take the lock in between.
+	// mu serialises every lock change made through this backend and every
+	// use of the queue file, so that an unlock and the handoff of the lock to
+	// the next waiter or entry happen as one step for every other caller:
+	// nobody can take the lock in between.
 	mu     sync.Mutex
 	queues map[string]*localQueue
 	seq    uint64
+	// qdb is the queue file, nil until OpenQueues and after Close.
+	qdb     *bolt.DB
+	qdbPath string
 
+	// closing, under mu, refuses new waits once Close began; waits tracks
+	// the waits in flight, which Close ends before it closes the queue file
+	// their handoffs may still write.
+	closing   bool
+	waits     sync.WaitGroup
 	closed    chan struct{}
 	closeOnce sync.Once
 }
@@ -62,14 +73,21 @@ func (b *BoltDB) TryLock(_ context.Context, req enhanced.LockRequest) (bool, mod
 }
 
 // tryLockLocked reports a lock the same pull holds as acquired, which
-// upstream's database leaves to its caller. b.mu must be held.
+// upstream's database leaves to its caller. A pull that holds the lock no
+// longer waits for it: its durable entry leaves the queue (a failure there
+// is the sweep's to repair, never the caller's). b.mu must be held.
 func (b *BoltDB) tryLockLocked(lock models.ProjectLock) (bool, models.ProjectLock, error) {
 	acquired, curr, err := b.legacy.TryLock(lock)
 	if err != nil {
 		return false, curr, err
 	}
-	if !acquired && baseRepo(curr) == baseRepo(lock) && curr.Pull.Num == lock.Pull.Num {
-		return true, curr, nil
+	if !acquired && samePull(curr, lock) {
+		acquired = true
+	}
+	if acquired {
+		if _, err := b.settleLocked(curr); err != nil {
+			b.logger.Warn("%s", err)
+		}
 	}
 	return acquired, curr, nil
 }
@@ -83,9 +101,19 @@ func (b *BoltDB) TryLockWithTimeout(ctx context.Context, req enhanced.LockReques
 		b.mu.Unlock()
 		return acquired, curr, err
 	}
+	if b.closing {
+		b.mu.Unlock()
+		return false, curr, errClosed
+	}
+	b.waits.Add(1)
+	defer b.waits.Done()
 	key := models.GenerateLockKey(req.Lock.Project, req.Lock.Workspace)
 	b.seq++
-	w := &localWaiter{lock: req.Lock, score: time.Now().Add(-req.Headstart), seq: b.seq, granted: make(chan models.ProjectLock, 1)}
+	now := time.Now()
+	w := &localWaiter{
+		lock: req.Lock, priority: req.Priority, arrived: now, deadline: now.Add(timeout),
+		score: now.Add(-req.Headstart), seq: b.seq, granted: make(chan models.ProjectLock, 1),
+	}
 	b.queue(key).push(w)
 	b.mu.Unlock()
 
@@ -134,8 +162,22 @@ func (b *BoltDB) UnlockIfOwnedByPull(_ context.Context, project models.Project, 
 }
 
 // unlockLocked releases the lock (only if pull *pullNum holds it, when set)
-// and hands it to the best waiter. b.mu must be held.
+// and hands it to the first of its queue. The holder's own durable entry, if
+// a crash left one, leaves first (boltdb_settle.go), so the lock is never
+// handed back to the pull that gives it up. b.mu must be held.
 func (b *BoltDB) unlockLocked(project models.Project, workspace string, pullNum *int) (*models.ProjectLock, error) {
+	key := models.GenerateLockKey(project, workspace)
+	if b.qdb != nil {
+		holder, err := b.legacy.GetLock(project, workspace)
+		if err != nil {
+			return nil, fmt.Errorf("reading lock %q: %w", key, err)
+		}
+		if holder != nil && (pullNum == nil || holder.Pull.Num == *pullNum) {
+			if _, err := b.settleLocked(*holder); err != nil {
+				b.logger.Warn("%s", err)
+			}
+		}
+	}
 	var old *models.ProjectLock
 	var err error
 	if pullNum == nil {
@@ -146,34 +188,12 @@ func (b *BoltDB) unlockLocked(project models.Project, workspace string, pullNum 
 	if err != nil || old == nil {
 		return old, err
 	}
-	b.handoffLocked(models.GenerateLockKey(project, workspace))
+	// Released: a failed hand-over is reported, not returned, and the next
+	// sweep finishes it.
+	if _, err := b.handoffLocked(key); err != nil {
+		b.logger.Warn("%s", err)
+	}
 	return old, nil
-}
-
-// handoffLocked gives a just released lock to the best waiter. b.mu must be
-// held.
-func (b *BoltDB) handoffLocked(key string) {
-	q := b.queues[key]
-	if q == nil {
-		return
-	}
-	defer b.dropEmpty(key)
-	w := q.pop()
-	if w == nil {
-		return
-	}
-	acquired, _, err := b.legacy.TryLock(w.lock)
-	if err != nil || !acquired {
-		// Taken outside this backend, or the database failed: the waiter
-		// keeps its place and its deadline.
-		q.pushFront(w)
-		if err != nil {
-			b.logger.Warn("handing lock %q to the next waiter: %s", key, err)
-		}
-		return
-	}
-	w.handed = true
-	w.granted <- w.lock
 }
 
 func (b *BoltDB) queue(key string) *localQueue {
@@ -189,16 +209,6 @@ func (b *BoltDB) dropEmpty(key string) {
 	if q, ok := b.queues[key]; ok && len(*q) == 0 {
 		delete(b.queues, key)
 	}
-}
-
-// QueueLength is how many requests wait for the lock.
-func (b *BoltDB) QueueLength(_ context.Context, project models.Project, workspace string) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if q, ok := b.queues[models.GenerateLockKey(project, workspace)]; ok {
-		return len(*q), nil
-	}
-	return 0, nil
 }
 
 func (b *BoltDB) GetLock(_ context.Context, project models.Project, workspace string) (*models.ProjectLock, error) {
@@ -253,9 +263,15 @@ func (b *BoltDB) Ping(_ context.Context) error {
 	return b.legacy.Ping()
 }
 
-// Close ends pending waits. The legacy database stays open for the upstream
-// server, which owns it.
+// Close ends pending waits, then closes the queue file. The legacy database
+// stays open for the upstream server, which owns it.
 func (b *BoltDB) Close() error {
+	b.mu.Lock()
+	b.closing = true
+	b.mu.Unlock()
 	b.closeOnce.Do(func() { close(b.closed) })
-	return nil
+	b.waits.Wait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closeQueuesLocked()
 }

@@ -2,6 +2,8 @@ package backends
 
 import (
 	"context"
+	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -162,4 +164,40 @@ func TestQueueConformanceRedisCluster(t *testing.T) {
 			}, redisQueueOptions(client, opts))
 		})
 	}
+}
+
+// newQueueingBoltDB is a BoltDB backend over legacy with its queue file at
+// path, closed with the test.
+func newQueueingBoltDB(t testing.TB, legacy *legacydb.Guarded, path string) *BoltDB {
+	t.Helper()
+	b := NewBoltDB(legacy, nil)
+	t.Cleanup(func() { _ = b.Close() })
+	Ok(t, b.OpenQueues(path))
+	return b
+}
+
+func TestQueueConformanceBoltDB(t *testing.T) {
+	// Each case's legacy database, by the case's *testing.T, which the
+	// suite passes to DeleteOutside.
+	var legacies sync.Map
+	enhancedtest.RunQueueConformance(t, func(t *testing.T) enhancedtest.QueueingBackend {
+		legacy := guardedBoltDB(t)
+		legacies.Store(t, legacy)
+		return newQueueingBoltDB(t, legacy, filepath.Join(t.TempDir(), "enhanced-locking-queue.db"))
+	}, enhancedtest.QueueOptions{
+		// Through the guard, as every other component of the server reaches
+		// the legacy database, but not through the backend.
+		DeleteOutside: func(t *testing.T, lock models.ProjectLock) {
+			legacy, ok := legacies.Load(t)
+			Assert(t, ok, "no legacy database for %s", t.Name())
+			_, err := legacy.(*legacydb.Guarded).Unlock(lock.Project, lock.Workspace)
+			Ok(t, err)
+		},
+		Reopen: func(t *testing.T, old enhancedtest.QueueingBackend) enhancedtest.QueueingBackend {
+			b := old.(*BoltDB)
+			legacy, path := b.legacy, b.qdbPath
+			Ok(t, b.Close())
+			return newQueueingBoltDB(t, legacy, path)
+		},
+	})
 }
