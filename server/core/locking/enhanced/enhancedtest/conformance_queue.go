@@ -264,6 +264,27 @@ func queueCases() []queueCase {
 			},
 		},
 		{
+			name: "a higher-priority synchronous waiter goes ahead of an older durable entry",
+			run: func(t *testing.T, ctx context.Context, b QueueingBackend, _ QueueOptions) {
+				holder := NewLock(repo, "dir", "default", "", 1)
+				mustLock(t, ctx, b, holder)
+				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
+				result := startWait(ctx, b, RequestWithPriority(NewLock(repo, "dir", "default", "", 3), enhanced.PriorityHigh), 20*time.Second)
+				AwaitQueue(t, b, holder, 2)
+				q, err := b.Queue(ctx, holder.Project, holder.Workspace)
+				Ok(t, err)
+				Equals(t, 2, len(q.Entries))
+				Assert(t, q.Entries[0].Synchronous && q.Entries[0].Lock.Pull.Num == 3, "the high waiter is not first: %+v", q.Entries)
+				_, err = b.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 1)
+				Ok(t, err)
+				r := receive(t, result)
+				Ok(t, r.err)
+				Assert(t, r.acquired, "the high waiter did not get the lock")
+				Equals(t, []int{2}, queuedPulls(t, ctx, b, holder))
+				Equals(t, 0, len(claimAll(t, ctx, b)))
+			},
+		},
+		{
 			name: "a pull that leaves a queue is never handed the lock",
 			run: func(t *testing.T, ctx context.Context, b QueueingBackend, _ QueueOptions) {
 				holder := NewLock(repo, "dir", "default", "", 1)
