@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests, the e2e suite and the testdrive need on a fresh
-# Debian machine: redis-server, git and a C toolchain (the race detector needs
-# cgo) from Debian, Terraform 1.5.7 built from source with the Go toolchain
-# (no download from outside the module proxy). Safe to run again: it only
-# installs what is missing. Installing packages needs root or sudo.
+# Debian machine: redis-server, git, chromium (the queue page's browser test)
+# and a C toolchain (the race detector needs cgo) from Debian, Terraform 1.5.7
+# built from source with the Go toolchain (no download from outside the module
+# proxy). Safe to run again: it only installs what is missing. Installing
+# packages needs root or sudo.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +31,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v git >/dev/null 2>&1 || missing+=(git)
 [ -x /usr/lib/git-core/git-http-backend ] || missing+=(git)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 cc_works || missing+=(gcc libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]} with apt-get"
@@ -54,4 +56,4 @@ if [ "$(terraform_version)" != "Terraform v$tf_version" ]; then
   mkdir -p "$tools"
   (cd "$root" && GOBIN="$tools" go install "github.com/hashicorp/terraform@v$tf_version")
 fi
-echo "install-deps: redis-server $(redis-server --version | awk '{print $3}'), $(terraform_version), C compiler $(go env CC)"
+echo "install-deps: redis-server $(redis-server --version | awk '{print $3}'), $(terraform_version), $(chromium --version 2>/dev/null), C compiler $(go env CC)"

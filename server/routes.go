@@ -29,6 +29,14 @@ func (s *Server) registerRoutes() {
 		}
 		s.Router.Handle("/events", dedupe).Methods("POST")
 	}
+	// Both answer with the queue off too, with the locks alone, so a client
+	// or a bookmark need not know the flag.
+	s.Router.Handle("/api/locks/queue-status", s.newQueueStatusAPI()).Methods("GET")
+	s.Router.Handle("/queue", s.newQueuePage()).Methods("GET")
+	if s.queue != nil {
+		// Upstream's index path; without the queue it stays upstream's page.
+		s.Router.Handle("/", s.newIndexWithQueueLink()).Methods("GET")
+	}
 }
 
 // HealthzResponse is upstream's /healthz body plus enhanced locking's state.

@@ -32,6 +32,9 @@ type Server struct {
 	// queue is the priority queue; nil when it is off.
 	queue               *lockQueue
 	githubWebhookSecret string
+	// apiSecret is upstream's --api-secret: our API routes check it as
+	// upstream's API does.
+	apiSecret []byte
 }
 
 // NewServer builds upstream's server from its own config, then, when enhanced
@@ -41,7 +44,7 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Server: srv, Config: cfg, githubWebhookSecret: userConfig.GithubWebhookSecret}
+	s := &Server{Server: srv, Config: cfg, githubWebhookSecret: userConfig.GithubWebhookSecret, apiSecret: []byte(userConfig.APISecret)}
 	if !cfg.Enabled {
 		srv.Logger.Info("enhanced locking is off: locks use the legacy %s database", userConfig.LockingDBType)
 		copyLocksForRollback(cfg, userConfig, srv.LocksController.Database, srv.Logger)
