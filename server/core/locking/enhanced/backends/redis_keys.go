@@ -30,6 +30,11 @@ import (
 //	outbox:notices / outbox:notices{tag}     the notices: HASH id -> notice, and their claims and steps
 //	pull{repo::num}                          per-pull index: SET of lock keys the pull asked for
 //	pullclosing{repo::num}                   per-pull index entries taken by a running UnlockByPull
+//	cmdlease{repo::num}                      the pull's command lease: HASH token, replica, command, since,
+//	                                         repo, pull; expires unless renewed
+//	cmdwait{repo::num}                       commands waiting for it: ZSET token -> first ask, Redis us
+//	cmdwaitlive{repo::num}                   their liveness deadlines: HASH token -> Redis ms
+//	cmdleases                                SET of command lease keys, for listing only (pruned on read)
 //	atlantis:enhanced:rollback-snapshot:{id} what Redis held when a rollback began (redis_rollback.go)
 //
 // {T}S is how a related key lands in its lock key's cluster slot. Redis hashes
@@ -148,6 +153,19 @@ func (ks keyspace) inShardSlot(kind, shard string) string {
 func (ks keyspace) pull(repoFullName string, pullNum int) (index, closing string) {
 	base := ks.prefix + repoFullName + "::" + strconv.Itoa(pullNum)
 	return ks.related("pull", base), ks.related("pullclosing", base)
+}
+
+// commandLease names a pull's command lease and its wait line, in one slot.
+func (ks keyspace) commandLease(repoFullName string, pullNum int) []string {
+	base := ks.prefix + repoFullName + "::" + strconv.Itoa(pullNum)
+	return []string{ks.related("cmdlease", base), ks.related("cmdwait", base), ks.related("cmdwaitlive", base)}
+}
+
+// commandLeases is the listing set of command lease keys. It is written
+// apart from the leases (it may sit in another cluster slot) and is never
+// trusted alone: a listed key that is gone is no lease.
+func (ks keyspace) commandLeases() string {
+	return ks.prefix + "cmdleases"
 }
 
 func (ks keyspace) command(name command.Name) string {

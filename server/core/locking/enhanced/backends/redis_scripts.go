@@ -36,6 +36,12 @@ var (
 	outboxClaimLua string
 	//go:embed lua/outbox_mark.lua
 	outboxMarkLua string
+	//go:embed lua/command_lease_try.lua
+	commandLeaseTryLua string
+	//go:embed lua/command_lease_renew.lua
+	commandLeaseRenewLua string
+	//go:embed lua/command_lease_release.lua
+	commandLeaseReleaseLua string
 )
 
 // Lock scripts share helpers.lua and its KEYS layout (lockKeys.script).
@@ -53,6 +59,10 @@ var (
 	sweepScript       = lockScript(sweepLua)
 	outboxClaimScript = redis.NewScript(outboxClaimLua)
 	outboxMarkScript  = redis.NewScript(outboxMarkLua)
+
+	commandLeaseTryScript     = redis.NewScript(commandLeaseTryLua)
+	commandLeaseRenewScript   = redis.NewScript(commandLeaseRenewLua)
+	commandLeaseReleaseScript = redis.NewScript(commandLeaseReleaseLua)
 )
 
 func lockScript(body string) *redis.Script {
