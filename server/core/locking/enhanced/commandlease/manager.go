@@ -1,0 +1,238 @@
+// Package commandlease runs one pull request's commands one at a time across
+// every replica: a command first holds its pull's lease in the enhanced
+// backend, renewed by heartbeat while it runs and released when it returns.
+package commandlease
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/runatlantis/atlantis/server/logging"
+	tally "github.com/uber-go/tally/v4"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+)
+
+// Defaults of the --enhanced-locking-command-lease-* flags.
+const (
+	DefaultTTL         = 30 * time.Second
+	DefaultWaitTimeout = 15 * time.Minute
+)
+
+// Options configures a Manager.
+type Options struct {
+	// Replica names this process in the lease, for operators and for the
+	// comment a command that waited too long gets.
+	Replica string
+	// TTL is how long a lease outlives its last renewal; holders renew every
+	// TTL/3, waiters ask every Poll and keep their place for TTL.
+	TTL time.Duration
+	// WaitTimeout bounds how long a command waits for its pull's lease.
+	WaitTimeout time.Duration
+	// Poll is how often a waiting command asks again; zero means TTL/10,
+	// capped at one second.
+	Poll   time.Duration
+	Logger logging.SimpleLogging
+	Scope  tally.Scope
+}
+
+// ErrLeaseLost says the command's lease ran out before it was renewed:
+// another replica may now run a command for the pull, so this one must do
+// nothing more for it.
+var ErrLeaseLost = errors.New("the pull request's command lease was lost")
+
+// WaitTimeoutError is returned by Acquire when another command kept the
+// pull's lease for the whole wait.
+type WaitTimeoutError struct {
+	Waited time.Duration
+	// Holder is the command that kept the lease, when known.
+	Holder enhanced.CommandLease
+}
+
+func (e *WaitTimeoutError) Error() string {
+	if e.Holder.Token == "" {
+		return fmt.Sprintf("another command of this pull request kept running for the whole %s wait", e.Waited)
+	}
+	return fmt.Sprintf("%s of this pull request kept running on %s for the whole %s wait", e.Holder.Command, e.Holder.Replica, e.Waited)
+}
+
+// Manager hands out command leases from a store.
+//
+// Invariant: for each pull, at most one command of this process runs at a
+// time. The store grants one valid lease at a time; a command whose lease was
+// lost counts as running until it returns, and Acquire for its pull waits for
+// it first, so a command that cannot be stopped at once is never overlapped
+// by its successor on this replica, while the store keeps other replicas out.
+type Manager struct {
+	store   enhanced.CommandLeaseStore
+	opts    Options
+	metrics metrics
+
+	mu sync.Mutex
+	// lost holds the commands of each pull that lost their lease and have not
+	// returned; their channel closes when they do.
+	lost map[enhanced.PullRef]chan struct{}
+}
+
+// NewManager returns a manager for store.
+func NewManager(store enhanced.CommandLeaseStore, opts Options) (*Manager, error) {
+	if opts.TTL <= 0 {
+		return nil, fmt.Errorf("the command lease TTL must be positive, got %s", opts.TTL)
+	}
+	if opts.WaitTimeout <= 0 {
+		return nil, fmt.Errorf("the command lease wait timeout must be positive, got %s", opts.WaitTimeout)
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = min(opts.TTL/10, time.Second)
+	}
+	if opts.Logger == nil {
+		opts.Logger = enhanced.NopLogger{}
+	}
+	if opts.Scope == nil {
+		opts.Scope = tally.NoopScope
+	}
+	return &Manager{store: store, opts: opts, metrics: newMetrics(opts.Scope), lost: map[enhanced.PullRef]chan struct{}{}}, nil
+}
+
+// Acquire waits, in arrival order and for at most the wait timeout, until
+// the pull's lease is this command's. The caller must Release it.
+func (m *Manager) Acquire(ctx context.Context, pull enhanced.PullRef, command string) (*Lease, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, m.opts.WaitTimeout)
+	defer cancel()
+	if err := m.awaitLocal(ctx, pull); err != nil {
+		return nil, m.timedOut(pull, start, enhanced.CommandLease{Replica: m.opts.Replica, Command: "a command whose lease ran out"}, err)
+	}
+	req := enhanced.CommandLeaseRequest{
+		Pull:      pull,
+		Token:     newToken(),
+		Replica:   m.opts.Replica,
+		Command:   command,
+		TTL:       m.opts.TTL,
+		WaiterTTL: m.opts.TTL,
+	}
+	waited := false
+	var holder enhanced.CommandLease
+	for {
+		asked := time.Now()
+		state, err := m.store.TryCommandLease(ctx, req)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			// The store may come back within the wait; the place in line
+			// lapses only after a TTL without asking.
+			m.opts.Logger.Warn("command lease of %s: %s", pullName(pull), err)
+		case err == nil && state.Granted:
+			if waited {
+				m.metrics.waitTime.Record(time.Since(start))
+			}
+			return m.hold(pull, req, asked), nil
+		case err == nil:
+			holder = state.Holder
+			if !waited {
+				waited = true
+				m.metrics.waits.Inc(1)
+				m.opts.Logger.Info("%s of %s waits for %s running on %s (%d more waiting before it)",
+					command, pullName(pull), holder.Command, holder.Replica, state.Ahead)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			m.leave(pull, req.Token)
+			return nil, m.timedOut(pull, start, holder, ctx.Err())
+		case <-time.After(m.opts.Poll):
+		}
+	}
+}
+
+// timedOut counts a command refused after its wait and says why.
+func (m *Manager) timedOut(pull enhanced.PullRef, start time.Time, holder enhanced.CommandLease, err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("waiting for the command lease of %s: %w", pullName(pull), err)
+	}
+	m.metrics.refused.Inc(1)
+	return &WaitTimeoutError{Waited: time.Since(start).Round(time.Second), Holder: holder}
+}
+
+// awaitLocal waits until no command of this process that lost the pull's
+// lease is still running.
+func (m *Manager) awaitLocal(ctx context.Context, pull enhanced.PullRef) error {
+	for {
+		m.mu.Lock()
+		done, running := m.lost[pull]
+		m.mu.Unlock()
+		if !running {
+			return nil
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// hold starts the lease's heartbeat. asked is when the granting request was
+// sent: the store's expiry comes after it, so counting from it errs safe.
+func (m *Manager) hold(pull enhanced.PullRef, req enhanced.CommandLeaseRequest, asked time.Time) *Lease {
+	l := newLease(m, pull, req, asked)
+	go l.heartbeat()
+	return l
+}
+
+// markLost records a command that lost its lease and still runs.
+func (m *Manager) markLost(pull enhanced.PullRef, done chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lost[pull] = done
+	m.metrics.lost.Inc(1)
+}
+
+// returned forgets a command that lost its lease once it returns.
+func (m *Manager) returned(pull enhanced.PullRef, done chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lost[pull] == done {
+		delete(m.lost, pull)
+	}
+}
+
+// leave takes a token that gave up out of the wait line.
+func (m *Manager) leave(pull enhanced.PullRef, token string) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.opts.TTL)
+	defer cancel()
+	if err := m.store.ReleaseCommandLease(ctx, pull, token); err != nil {
+		m.opts.Logger.Warn("leaving the command lease wait of %s (its place lapses within %s): %s", pullName(pull), m.opts.TTL, err)
+	}
+}
+
+// Check reports ErrLeaseLost while a command of this process for the pull
+// lost its lease and has not returned: whatever asks must not act for it.
+func (m *Manager) Check(repoFullName string, pullNum int) error {
+	m.mu.Lock()
+	_, lost := m.lost[enhanced.PullRef{RepoFullName: repoFullName, Num: pullNum}]
+	m.mu.Unlock()
+	if lost {
+		return fmt.Errorf("%s: %w", pullName(enhanced.PullRef{RepoFullName: repoFullName, Num: pullNum}), ErrLeaseLost)
+	}
+	return nil
+}
+
+// Leases lists the leases held now across every replica.
+func (m *Manager) Leases(ctx context.Context) ([]enhanced.CommandLease, error) {
+	return m.store.CommandLeases(ctx)
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand documents it)
+	return hex.EncodeToString(b)
+}
+
+func pullName(p enhanced.PullRef) string {
+	return fmt.Sprintf("%s#%d", p.RepoFullName, p.Num)
+}

@@ -1,0 +1,240 @@
+package commandlease_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+var pull = enhanced.PullRef{RepoFullName: "owner/repo", Num: 3}
+
+// stores are the real stores every behaviour is checked on.
+func stores(t *testing.T) map[string]func(t *testing.T) enhanced.CommandLeaseStore {
+	client := redistest.Start(t).Client(t)
+	return map[string]func(t *testing.T) enhanced.CommandLeaseStore{
+		"redis": func(t *testing.T) enhanced.CommandLeaseStore {
+			Ok(t, client.FlushAll(context.Background()).Err())
+			r, err := backends.NewRedis(client, backends.RedisOptions{})
+			Ok(t, err)
+			t.Cleanup(func() { _ = r.Close() })
+			return r
+		},
+		"memory": func(*testing.T) enhanced.CommandLeaseStore { return backends.NewMemoryCommandLeases() },
+	}
+}
+
+func newManager(t *testing.T, store enhanced.CommandLeaseStore, replica string, ttl, wait time.Duration) *commandlease.Manager {
+	t.Helper()
+	m, err := commandlease.NewManager(store, commandlease.Options{Replica: replica, TTL: ttl, WaitTimeout: wait, Poll: 20 * time.Millisecond})
+	Ok(t, err)
+	return m
+}
+
+func TestManager_CommandsOfOnePullRunOneAtATimeInArrivalOrder(t *testing.T) {
+	for name, newStore := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			store := newStore(t)
+			// Two replicas on one store, as a fleet on one Redis.
+			r1 := newManager(t, store, "r1", 10*time.Second, time.Minute)
+			r2 := newManager(t, store, "r2", 10*time.Second, time.Minute)
+			first, err := r1.Acquire(context.Background(), pull, "plan")
+			Ok(t, err)
+
+			var mu sync.Mutex
+			var order []string
+			var wg sync.WaitGroup
+			for i, m := range []*commandlease.Manager{r2, r1, r2} {
+				name := []string{"second", "third", "fourth"}[i]
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					l, err := m.Acquire(context.Background(), pull, name)
+					if err != nil {
+						t.Errorf("%s: %s", name, err)
+						return
+					}
+					mu.Lock()
+					order = append(order, name)
+					mu.Unlock()
+					time.Sleep(30 * time.Millisecond)
+					l.Release()
+				}()
+				// Each asks after the one before is in line.
+				awaitWaiting(t, store, i)
+			}
+			Equals(t, 0, len(order))
+			first.Release()
+			wg.Wait()
+			Equals(t, []string{"second", "third", "fourth"}, order)
+		})
+	}
+}
+
+// awaitWaiting waits until n commands wait behind the holder.
+func awaitWaiting(t *testing.T, store enhanced.CommandLeaseStore, n int) {
+	t.Helper()
+	probe := enhanced.CommandLeaseRequest{Pull: pull, Token: "probe", TTL: time.Second, WaiterTTL: time.Millisecond}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		state, err := store.TryCommandLease(context.Background(), probe)
+		Ok(t, err)
+		Assert(t, !state.Granted, "the probe must never hold the lease")
+		Ok(t, store.ReleaseCommandLease(context.Background(), pull, "probe"))
+		if state.Ahead == n+1 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("never saw %d waiters", n+1)
+}
+
+func TestManager_WaitRunsOutWithTheHolderNamed(t *testing.T) {
+	for name, newStore := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			store := newStore(t)
+			holder, err := newManager(t, store, "r1", 10*time.Second, time.Minute).Acquire(context.Background(), pull, "apply")
+			Ok(t, err)
+			defer holder.Release()
+			_, err = newManager(t, store, "r2", 10*time.Second, 200*time.Millisecond).Acquire(context.Background(), pull, "plan")
+			var timeout *commandlease.WaitTimeoutError
+			Assert(t, errors.As(err, &timeout), "want a wait timeout, got %v", err)
+			Equals(t, "apply", timeout.Holder.Command)
+			Equals(t, "r1", timeout.Holder.Replica)
+			// The refused command left the line: the next one is first.
+			state, err := store.TryCommandLease(context.Background(), enhanced.CommandLeaseRequest{Pull: pull, Token: "next", TTL: time.Second, WaiterTTL: time.Second})
+			Ok(t, err)
+			Equals(t, 0, state.Ahead)
+		})
+	}
+}
+
+func TestManager_HeartbeatKeepsTheLeasePastItsTTL(t *testing.T) {
+	for name, newStore := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			store := newStore(t)
+			// Long enough that a stalled machine does not miss two renewals.
+			const ttl = 2 * time.Second
+			l, err := newManager(t, store, "r1", ttl, time.Minute).Acquire(context.Background(), pull, "plan")
+			Ok(t, err)
+			defer l.Release()
+			time.Sleep(5 * ttl / 2)
+			Ok(t, l.Err())
+			state, err := store.TryCommandLease(context.Background(), enhanced.CommandLeaseRequest{Pull: pull, Token: "other", TTL: ttl, WaiterTTL: ttl})
+			Ok(t, err)
+			Assert(t, !state.Granted, "renewed leases are never granted to another command")
+		})
+	}
+}
+
+// unreachable is a store whose renewals fail, as when this replica is cut
+// off from Redis while the command runs.
+type unreachable struct {
+	enhanced.CommandLeaseStore
+	cut chan struct{}
+}
+
+func (u unreachable) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token string, ttl time.Duration) (bool, error) {
+	select {
+	case <-u.cut:
+		return false, enhanced.ErrBackendUnavailable
+	default:
+		return u.CommandLeaseStore.RenewCommandLease(ctx, p, token, ttl)
+	}
+}
+
+// The fencing invariant: a replica cut off from Redis gives its lease up
+// before Redis can grant it to anyone else.
+func TestManager_ACutOffReplicaGivesUpBeforeRedisExpiresTheLease(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	r, err := backends.NewRedis(client, backends.RedisOptions{})
+	Ok(t, err)
+	defer r.Close() // nolint: errcheck
+	store := unreachable{CommandLeaseStore: r, cut: make(chan struct{})}
+	const ttl = time.Second
+	m := newManager(t, store, "r1", ttl, time.Minute)
+	l, err := m.Acquire(context.Background(), pull, "plan")
+	Ok(t, err)
+	close(store.cut)
+	<-l.Lost()
+	Equals(t, commandlease.ErrLeaseLost, l.Err())
+	keys := leaseKeys(t, client)
+	Equals(t, 1, len(keys))
+	pttl, err := client.PTTL(context.Background(), keys[0]).Result()
+	Ok(t, err)
+	// Not a timing goal: the margin is a fifth of the TTL by construction, and
+	// any margin at all keeps the invariant.
+	Assert(t, pttl > 0, "Redis must still hold the lease when the replica gives it up (PTTL %s)", pttl)
+	Assert(t, errors.Is(m.Check(pull.RepoFullName, pull.Num), commandlease.ErrLeaseLost), "the adapter's check fences the pull")
+	Ok(t, m.Check(pull.RepoFullName, pull.Num+1))
+	l.Release()
+	Ok(t, m.Check(pull.RepoFullName, pull.Num))
+}
+
+func leaseKeys(t *testing.T, client redis.UniversalClient) []string {
+	t.Helper()
+	keys, err := client.Keys(context.Background(), "cmdlease{*").Result()
+	Ok(t, err)
+	return keys
+}
+
+// stolen is a store whose renewals answer that another token holds the
+// lease, as after this replica was paused past the TTL.
+type stolen struct{ enhanced.CommandLeaseStore }
+
+func (stolen) RenewCommandLease(context.Context, enhanced.PullRef, string, time.Duration) (bool, error) {
+	return false, nil
+}
+
+func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
+	store := stolen{backends.NewMemoryCommandLeases()}
+	const ttl = 300 * time.Millisecond
+	m := newManager(t, store, "r1", ttl, time.Minute)
+	l, err := m.Acquire(context.Background(), pull, "plan")
+	Ok(t, err)
+	<-l.Lost()
+	Equals(t, commandlease.ErrLeaseLost, l.Err())
+
+	// The store frees the lease once it expires; this replica's next command
+	// still waits for the one that lost it to return.
+	next := make(chan *commandlease.Lease)
+	go func() {
+		n, err := m.Acquire(context.Background(), pull, "apply")
+		if err != nil {
+			t.Errorf("next: %s", err)
+		}
+		next <- n
+	}()
+	time.Sleep(3 * ttl)
+	select {
+	case <-next:
+		t.Fatal("a command ran while one that lost the lease still ran")
+	default:
+	}
+	l.Release()
+	n := <-next
+	Assert(t, n != nil, "the next command runs once the lost one returns")
+	n.Release()
+}
+
+func TestNewManager_RejectsBadDurations(t *testing.T) {
+	for _, c := range []struct {
+		ttl, wait time.Duration
+		want      string
+	}{
+		{0, time.Minute, "TTL must be positive"},
+		{time.Second, -time.Second, "wait timeout must be positive"},
+	} {
+		_, err := commandlease.NewManager(backends.NewMemoryCommandLeases(), commandlease.Options{TTL: c.ttl, WaitTimeout: c.wait})
+		ErrContains(t, c.want, err)
+	}
+}
