@@ -4,14 +4,19 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	upstreamcmd "github.com/runatlantis/atlantis/cmd"
 	"github.com/spf13/viper"
 
 	"github.com/atlantis-enhanced/atlantis/server"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 )
+
+// minCommandLeaseTTL is the shortest --enhanced-locking-command-lease-ttl.
+const minCommandLeaseTTL = time.Second
 
 // enhancedLockingConfig reads every --enhanced-locking-* value from v (flag >
 // env > config file > default) and checks that they make sense together.
@@ -75,6 +80,11 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 		if _, err := queue.LoadRules(c.Features.PriorityRulesFile); err != nil {
 			return fmt.Errorf("invalid --%s: %w", EnhancedLockingPriorityRulesFlag, err)
 		}
+	}
+	// Renewed every third of the TTL over a network round trip: below a
+	// second, one slow round trip loses a healthy command's lease.
+	if c.Features.CommandLeaseTTL < minCommandLeaseTTL {
+		return fmt.Errorf("invalid --%s %s: use %s or more, such as the default %s", EnhancedLockingCommandLeaseTTLFlag, c.Features.CommandLeaseTTL, minCommandLeaseTTL, commandlease.DefaultTTL)
 	}
 	if c.Enabled && !c.Features.PriorityQueue {
 		for _, f := range []struct {

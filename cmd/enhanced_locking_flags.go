@@ -33,6 +33,8 @@ const (
 	EnhancedLockingQueueTimeoutFlag        = "enhanced-locking-queue-timeout"
 	EnhancedLockingWaitTimeoutFlag         = "enhanced-locking-wait-timeout"
 	EnhancedLockingAutoPlanFlag            = "enhanced-locking-auto-plan"
+	EnhancedLockingCommandLeaseTTLFlag     = "enhanced-locking-command-lease-ttl"
+	EnhancedLockingCommandWaitTimeoutFlag  = "enhanced-locking-command-wait-timeout"
 	EnhancedLockingDeadlockDetectionFlag   = "enhanced-locking-deadlock-detection"
 	EnhancedLockingDeadlockResolutionFlag  = "enhanced-locking-deadlock-resolution"
 	EnhancedLockingRetryFlag               = "enhanced-locking-retry"
@@ -181,6 +183,18 @@ var enhancedFlags = []enhancedFlag{
 		get:         func(c server.EnhancedLockingConfig) string { return strconv.FormatBool(c.Features.AutoPlan) },
 		isBool:      true,
 		set:         boolSetter(func(c *server.EnhancedLockingConfig, v bool) { c.Features.AutoPlan = v }),
+	},
+	{
+		name:        EnhancedLockingCommandLeaseTTLFlag,
+		description: "How long a pull request's command lease outlives its last renewal: a replica that dies while it runs a command for a pull holds the pull's next command back this long at most; renewed every third of it.",
+		get:         func(c server.EnhancedLockingConfig) string { return c.Features.CommandLeaseTTL.String() },
+		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.CommandLeaseTTL = v }),
+	},
+	{
+		name:        EnhancedLockingCommandWaitTimeoutFlag,
+		description: "How long a command waits for another command of the same pull request, on any replica, to finish before it gives up with a PR comment.",
+		get:         func(c server.EnhancedLockingConfig) string { return c.Features.CommandWaitTimeout.String() },
+		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.CommandWaitTimeout = v }),
 	},
 	{
 		name:        EnhancedLockingDeadlockDetectionFlag,

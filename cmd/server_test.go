@@ -86,6 +86,8 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 		"--enhanced-locking-retry",
 		"--enhanced-locking-retry-max-attempts=5",
 		"--enhanced-locking-retry-backoff=50ms",
+		"--enhanced-locking-command-lease-ttl=45s",
+		"--enhanced-locking-command-wait-timeout=20m",
 		"--enhanced-locking-health-check-interval=1s",
 	)
 	Ok(t, err)
@@ -101,6 +103,7 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 			PriorityQueue: true, PriorityRulesFile: rules, QueueTimeout: 3 * time.Hour, WaitTimeout: 4 * time.Second,
 			AutoPlan: true, DeadlockDetection: true, DeadlockResolution: "release-victim",
 			RetryMechanism: true, RetryMaxAttempts: 5, RetryBackoff: 50 * time.Millisecond,
+			CommandLeaseTTL: 45 * time.Second, CommandWaitTimeout: 20 * time.Minute,
 		},
 		Fallback:    server.FallbackConfig{Mode: "none"},
 		Performance: server.PerformanceConfig{HealthCheckInterval: time.Second},
@@ -155,6 +158,10 @@ func TestServerCmd_BadInput(t *testing.T) {
 			nil, `invalid --enhanced-locking-queue-timeout "0s": use a duration greater than zero`},
 		{"negative duration", []string{"--enhanced-locking-redis-dial-timeout=-1s"},
 			nil, `invalid --enhanced-locking-redis-dial-timeout "-1s": use a duration greater than zero`},
+		{"command lease shorter than a second", []string{"--enhanced-locking-command-lease-ttl=500ms"},
+			nil, `invalid --enhanced-locking-command-lease-ttl 500ms: use 1s or more, such as the default 30s`},
+		{"zero command wait", []string{"--enhanced-locking-command-wait-timeout=0s"},
+			nil, `invalid --enhanced-locking-command-wait-timeout "0s": use a duration greater than zero`},
 		{"negative wait", []string{"--enhanced-locking-wait-timeout=-1s"},
 			nil, `invalid --enhanced-locking-wait-timeout "-1s": use a duration of zero or more`},
 		{"duration without unit", []string{"--enhanced-locking-retry-backoff=10"},

@@ -17,16 +17,21 @@ import (
 // Every command a webhook asks for (a comment command, an autoplan) goes
 // through VCSEventsController.CommandRunner, each on its own goroutine, and
 // so do the queue's re-plans, which call the returned runner. Wrapping it is
-// how enhanced locking learns which pull runs which command: the lock
-// requests of a plan queue (queue.Policy). TestSeamTypes fails if an
-// upstream upgrade changes the field's type.
-func installCommandRunner(srv *upstream.Server, policy *queue.Policy) (events.CommandRunner, error) {
+// how enhanced locking runs one command per pull across the fleet (leases,
+// outermost, so a command waiting its turn is not yet tracked as running)
+// and learns which pull plans (policy, nil without the priority queue).
+// TestSeamTypes fails if an upstream upgrade changes the field's type.
+func installCommandRunner(srv *upstream.Server, leases *leasedCommandRunner, policy *queue.Policy) (events.CommandRunner, error) {
 	if srv.VCSEventsController == nil || srv.VCSEventsController.CommandRunner == nil {
-		return nil, fmt.Errorf("upstream's server has no VCS events command runner: this upstream version is not supported by enhanced locking's priority queue; start with --enhanced-locking-priority-queue=false")
+		return nil, fmt.Errorf("upstream's server has no VCS events command runner: this upstream version is not supported by enhanced locking; start with --enhanced-locking-enabled=false")
 	}
-	runner := &trackingCommandRunner{next: srv.VCSEventsController.CommandRunner, policy: policy}
-	srv.VCSEventsController.CommandRunner = runner
-	return runner, nil
+	runner := srv.VCSEventsController.CommandRunner
+	if policy != nil {
+		runner = &trackingCommandRunner{next: runner, policy: policy}
+	}
+	leases.next = runner
+	srv.VCSEventsController.CommandRunner = leases
+	return leases, nil
 }
 
 // trackingCommandRunner tells the queue policy which pull runs a command,

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	upstream "github.com/runatlantis/atlantis/server"
+	"github.com/runatlantis/atlantis/server/events"
 	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
@@ -34,7 +35,7 @@ type lockQueue struct {
 // rules, checked now so a bad file stops the start with its line numbers,
 // the policy the adapter asks, and the worker that delivers hand-overs.
 // The worker starts with Start.
-func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBackend, scope tally.Scope) (*lockQueue, error) {
+func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBackend, scope tally.Scope, runner events.CommandRunner) (*lockQueue, error) {
 	f := s.Config.Features
 	if !f.PriorityQueue {
 		return nil, nil
@@ -54,10 +55,8 @@ func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBacke
 	}
 	notifier := queue.NewNotifier(queues, s.LocksController.VCSClient, f.AutoPlan, s.Logger)
 	policy := queue.NewPolicy(rules, f.QueueTimeout, notifier)
-	runner, err := installCommandRunner(s.Server, policy)
-	if err != nil {
-		return nil, err
-	}
+	// Re-plans enter through the outermost command runner, as a webhook's
+	// commands do, so they wait for the pull's command lease too.
 	worker := queue.NewWorker(queues, notifier, commandPlanner{runner: runner, pulls: s.LocksController.Database}, queue.WorkerOptions{
 		AutoPlan: f.AutoPlan,
 		Logger:   s.Logger,

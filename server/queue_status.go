@@ -22,6 +22,22 @@ type QueueStatus struct {
 	QueueEnabled bool `json:"queue_enabled"`
 	// Locks is in lock key order.
 	Locks []LockQueueStatus `json:"locks"`
+	// Commands are the commands running now on any replica, one per pull at
+	// most (each holds its pull's command lease), by repo then pull; empty,
+	// never null, when none runs.
+	Commands []RunningCommandStatus `json:"commands"`
+}
+
+// RunningCommandStatus is one command holding its pull's command lease.
+type RunningCommandStatus struct {
+	Repo       string `json:"repo"`
+	PullNumber int    `json:"pull_number"`
+	// Command is as a user would comment it ("atlantis plan -p app"), or
+	// "autoplan".
+	Command        string    `json:"command"`
+	Replica        string    `json:"replica"`
+	RunningSince   time.Time `json:"running_since"`
+	RunningSeconds int64     `json:"running_seconds"`
 }
 
 // LockQueueStatus is one lock, its holder and its queue.
@@ -99,12 +115,43 @@ func (s *Server) readQueueStatus(ctx context.Context, now time.Time) (QueueStatu
 			byKey[key] = l
 		}
 	}
+	if status.Commands, err = s.readRunningCommands(ctx, now); err != nil {
+		return QueueStatus{}, err
+	}
 	status.Locks = make([]LockQueueStatus, 0, len(byKey))
 	for _, l := range byKey {
 		status.Locks = append(status.Locks, *l)
 	}
 	sort.Slice(status.Locks, func(i, j int) bool { return status.Locks[i].Key < status.Locks[j].Key })
 	return status, nil
+}
+
+func (s *Server) readRunningCommands(ctx context.Context, now time.Time) ([]RunningCommandStatus, error) {
+	commands := []RunningCommandStatus{}
+	if s.leases == nil {
+		return commands, nil
+	}
+	leases, err := s.leases.Leases(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the command leases: %w", err)
+	}
+	for _, l := range leases {
+		commands = append(commands, RunningCommandStatus{
+			Repo:           l.Pull.RepoFullName,
+			PullNumber:     l.Pull.Num,
+			Command:        l.Command,
+			Replica:        l.Replica,
+			RunningSince:   l.Since,
+			RunningSeconds: int64(max(now.Sub(l.Since), 0) / time.Second),
+		})
+	}
+	sort.Slice(commands, func(i, j int) bool {
+		if commands[i].Repo != commands[j].Repo {
+			return commands[i].Repo < commands[j].Repo
+		}
+		return commands[i].PullNumber < commands[j].PullNumber
+	})
+	return commands, nil
 }
 
 func newLockQueueStatus(key string, project models.Project, workspace string, holder *models.ProjectLock) *LockQueueStatus {

@@ -144,13 +144,18 @@ func TestQueueStatusAPI_ListsEveryLockAndQueue(t *testing.T) {
 func TestQueueStatusAPI_JSONFields(t *testing.T) {
 	srv, _ := startQueueServer(t, testUserConfig(t))
 	newQueueFixture(t, srv, "dir")
+	lease, err := srv.leases.Acquire(context.Background(), enhanced.PullRef{RepoFullName: "org/repo", Num: 9}, "autoplan")
+	Ok(t, err)
+	defer lease.Release()
 	rec := getWithToken(srv, "/api/locks/queue-status", "api-secret")
 	Equals(t, http.StatusOK, rec.Code)
 	var raw map[string]any
 	Ok(t, json.Unmarshal(rec.Body.Bytes(), &raw))
 	Equals(t, []string{"data", "error", "request_id", "success", "timestamp"}, sortedKeys(raw))
 	data := raw["data"].(map[string]any)
-	Equals(t, []string{"locks", "queue_enabled"}, sortedKeys(data))
+	Equals(t, []string{"commands", "locks", "queue_enabled"}, sortedKeys(data))
+	Equals(t, []string{"command", "pull_number", "replica", "repo", "running_seconds", "running_since"},
+		sortedKeys(data["commands"].([]any)[0].(map[string]any)))
 	lock := data["locks"].([]any)[0].(map[string]any)
 	Equals(t, []string{"holder", "key", "path", "project_name", "queue", "repo", "workspace"}, sortedKeys(lock))
 	Equals(t, []string{"locked_since", "pull_number", "pull_url", "user"}, sortedKeys(lock["holder"].(map[string]any)))
@@ -214,4 +219,30 @@ func TestQueueStatusAPI_ShowsBoundedWaits(t *testing.T) {
 	Equals(t, false, queue[0].Synchronous || queue[2].Synchronous)
 	Assert(t, wait.WaitingSince == nil && wait.WaitingSeconds == 0, "a bounded wait with a start: %+v", wait)
 	Assert(t, wait.ExpiresAt != nil, "a bounded wait without its deadline")
+}
+
+// The status names the command each pull runs now and its replica, from the
+// command leases every replica shares.
+func TestQueueStatusAPI_ShowsRunningCommands(t *testing.T) {
+	userConfig := testUserConfig(t)
+	userConfig.APISecret = "api-secret"
+	srv, _ := startQueueServer(t, userConfig)
+	lease, err := srv.leases.Acquire(context.Background(), enhanced.PullRef{RepoFullName: "org/repo", Num: 9}, "atlantis apply -p app")
+	Ok(t, err)
+	defer lease.Release()
+
+	var body queueStatusEnvelope
+	Ok(t, json.Unmarshal(getWithToken(srv, "/api/locks/queue-status", "api-secret").Body.Bytes(), &body))
+	Equals(t, 1, len(body.Data.Commands))
+	got := body.Data.Commands[0]
+	Equals(t, "org/repo", got.Repo)
+	Equals(t, 9, got.PullNumber)
+	Equals(t, "atlantis apply -p app", got.Command)
+	Equals(t, replicaName(userConfig.Port), got.Replica)
+	Assert(t, time.Since(got.RunningSince) < time.Hour, "running since %s", got.RunningSince)
+
+	lease.Release()
+	body = queueStatusEnvelope{}
+	Ok(t, json.Unmarshal(getWithToken(srv, "/api/locks/queue-status", "api-secret").Body.Bytes(), &body))
+	Equals(t, []RunningCommandStatus{}, body.Data.Commands)
 }

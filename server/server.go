@@ -17,7 +17,9 @@ import (
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
 )
 
@@ -30,7 +32,10 @@ type Server struct {
 	// backend is what the adapter runs on, with its health and resources.
 	backend *lockBackend
 	// queue is the priority queue; nil when it is off.
-	queue               *lockQueue
+	queue *lockQueue
+	// leases run one command per pull across the fleet; nil when enhanced
+	// locking is off.
+	leases              *commandlease.Manager
 	githubWebhookSecret string
 	// apiSecret is upstream's --api-secret: our API routes check it as
 	// upstream's API does.
@@ -80,20 +85,32 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		backend.Close() // nolint: errcheck
 		return fmt.Errorf("enhanced locking: %w", err)
 	}
-	if s.queue, err = s.newLockQueue(userConfig, backend, scope); err != nil {
+	leases, err := s.newCommandLeases(userConfig, backend, scope)
+	if err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
+	if s.queue, err = s.newLockQueue(userConfig, backend, scope, leases); err != nil {
 		backend.Close() // nolint: errcheck
 		return err
 	}
 	var queuePolicy enhanced.QueuePolicy
+	var tracking *queue.Policy
 	if s.queue != nil {
-		queuePolicy = s.queue.policy
+		queuePolicy, tracking = s.queue.policy, s.queue.policy
 	}
+	if _, err := installCommandRunner(s.Server, leases, tracking); err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
+	s.leases = leases.leases
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,
 		SeparateLegacyLocks: backend.separateFromLegacy,
 		FallbackToLegacy:    s.Config.Fallback.Mode == FallbackBoltDB,
 		WaitTimeout:         s.Config.Features.WaitTimeout,
 		Queue:               queuePolicy,
+		Fence:               leases.leases,
 		Retry:               retryPolicy(s.Config.Features),
 		FallbackJournal:     journal,
 		BackendUnavailable:  backend.reportUnavailable,

@@ -16,6 +16,7 @@ import (
 	. "github.com/runatlantis/atlantis/testing"
 	"go.uber.org/mock/gomock"
 
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 )
 
@@ -226,7 +227,7 @@ func TestSeam_CommandRunnerTellsTheQueueWhoPlans(t *testing.T) {
 	policy := queue.NewPolicy(queue.DefaultRules(), time.Hour, nil)
 	upstreamRunner := &queueingSeenBy{policy: policy}
 	srv.VCSEventsController.CommandRunner = upstreamRunner
-	runner, err := installCommandRunner(srv, policy)
+	runner, err := installCommandRunner(srv, newTestLeasedRunner(t, backends.NewMemoryCommandLeases(), nil, time.Minute), policy)
 	Ok(t, err)
 	Assert(t, srv.VCSEventsController.CommandRunner == runner, "the events controller does not call the wrapper")
 

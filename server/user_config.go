@@ -1,6 +1,10 @@
 package server
 
-import "time"
+import (
+	"time"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
+)
 
 // Values of EnhancedLockingConfig.Backend.
 const (
@@ -70,6 +74,12 @@ type LockingFeaturesConfig struct {
 	RetryMechanism     bool
 	RetryMaxAttempts   int
 	RetryBackoff       time.Duration
+	// CommandLeaseTTL is how long a pull's command lease outlives its last
+	// renewal (commandlease.Options.TTL).
+	CommandLeaseTTL time.Duration
+	// CommandWaitTimeout bounds how long a command waits for another command
+	// of its pull to finish.
+	CommandWaitTimeout time.Duration
 }
 
 // FallbackConfig says what to do while the enhanced backend is unreachable.
@@ -98,6 +108,8 @@ func DefaultEnhancedLockingConfig() EnhancedLockingConfig {
 			DeadlockResolution: DeadlockResolutionNotify,
 			RetryMaxAttempts:   3,
 			RetryBackoff:       200 * time.Millisecond,
+			CommandLeaseTTL:    commandlease.DefaultTTL,
+			CommandWaitTimeout: commandlease.DefaultWaitTimeout,
 		},
 		Fallback:    FallbackConfig{Mode: FallbackNone},
 		Performance: PerformanceConfig{HealthCheckInterval: 10 * time.Second},

@@ -49,9 +49,12 @@ type AdapterOptions struct {
 	// BackendUnavailable hears at once of every operation that found the
 	// backend out of reach, so health reports do not wait for the next ping.
 	BackendUnavailable func(error)
-	Logger             logging.SimpleLogging
-	Scope              tally.Scope
-	Events             Publisher
+	// Fence stops lock changes and status writes for a pull whose command
+	// lost its lease on this replica; nil fences nothing.
+	Fence  PullFence
+	Logger logging.SimpleLogging
+	Scope  tally.Scope
+	Events Publisher
 }
 
 // Adapter is upstream's db.Database with lock operations served by an enhanced
@@ -125,6 +128,9 @@ func (a *Adapter) ActiveBackend() string {
 // TryLock implements db.Database. With a wait timeout, a lock another pull
 // holds is waited for outside the mode lock (see Adapter.mu).
 func (a *Adapter) TryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
+	if err := a.fenced(lock.Pull.BaseRepo.FullName, lock.Pull.Num); err != nil {
+		return false, models.ProjectLock{}, err
+	}
 	start := time.Now()
 	acquired, current, err := a.tryLock(lock)
 	a.metrics.recordTryLock(start, acquired, err)
@@ -231,6 +237,9 @@ func (a *Adapter) Unlock(project models.Project, workspace string) (*models.Proj
 
 // UnlockIfOwnedByPull implements db.Database.
 func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, pullNum int) (*models.ProjectLock, error) {
+	if err := a.fenced(project.RepoFullName, pullNum); err != nil {
+		return nil, err
+	}
 	var lock *models.ProjectLock
 	_, err := a.run(func() error {
 		err := a.call(func(ctx context.Context) error {
@@ -376,6 +385,9 @@ func (a *Adapter) CheckCommandLock(cmdName command.Name) (*command.Lock, error) 
 
 // UpdateProjectStatus implements db.Database; pull status stays legacy.
 func (a *Adapter) UpdateProjectStatus(pull models.PullRequest, workspace string, repoRelDir string, newStatus models.ProjectPlanStatus) error {
+	if err := a.fenced(pull.BaseRepo.FullName, pull.Num); err != nil {
+		return err
+	}
 	return a.legacy.UpdateProjectStatus(pull, workspace, repoRelDir, newStatus)
 }
 
@@ -391,6 +403,9 @@ func (a *Adapter) DeletePullStatus(pull models.PullRequest) error {
 
 // UpdatePullWithResults implements db.Database; pull status stays legacy.
 func (a *Adapter) UpdatePullWithResults(pull models.PullRequest, newResults []command.ProjectResult) (models.PullStatus, error) {
+	if err := a.fenced(pull.BaseRepo.FullName, pull.Num); err != nil {
+		return models.PullStatus{}, err
+	}
 	return a.legacy.UpdatePullWithResults(pull, newResults)
 }
 

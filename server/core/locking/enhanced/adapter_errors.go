@@ -36,3 +36,14 @@ func (a *Adapter) wrap(op string, err error) error {
 		return err
 	}
 }
+
+// fenced refuses to act for a pull whose command lost its lease here.
+func (a *Adapter) fenced(repoFullName string, pullNum int) error {
+	if a.opts.Fence == nil {
+		return nil
+	}
+	if err := a.opts.Fence.Check(repoFullName, pullNum); err != nil {
+		return fmt.Errorf("enhanced locking stopped this command: %w; another replica may be running the next command of this pull request, so this one changes nothing more; comment the command again if it is still needed", err)
+	}
+	return nil
+}

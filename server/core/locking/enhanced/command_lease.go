@@ -73,3 +73,13 @@ type CommandLease struct {
 	Command string
 	Since   time.Time
 }
+
+// PullFence says whether this replica may still act for a pull. The adapter
+// asks it before each lock change and status write a pull's command makes,
+// so a command whose lease was lost (its replica paused or cut off past the
+// TTL) cannot take, release or record anything for the pull while another
+// replica's command runs. Closing a pull is never fenced: its locks must
+// always be freed.
+type PullFence interface {
+	Check(repoFullName string, pullNum int) error
+}
