@@ -25,10 +25,22 @@ type Options struct {
 	RedisAddr string
 	// ExitAfterStory stops everything once the story is told, for CI.
 	ExitAfterStory bool
-	Out            io.Writer
+	// RaceRounds is how many times the story has two pulls plan one project
+	// on both replicas at the same instant; 0 means DefaultRaceRounds.
+	RaceRounds int
+	Out        io.Writer
 }
 
+// DefaultRaceRounds keeps the race to a few seconds.
+const DefaultRaceRounds = 10
+
 const apiSecret = "testdrive"
+
+// priorityRules is the --enhanced-locking-priority-rules file the replicas
+// run with.
+const priorityRules = `# Written by atlantis testdrive.
+default: normal
+`
 
 // Run sets up the fleet, tells the story and, unless ExitAfterStory, keeps
 // everything up until ctx is done.
@@ -82,7 +94,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 	defer sim.Close() // nolint: errcheck
 	step("GitHub stand-in at %s (API, git and signed webhooks, all local)", sim.URL())
 
-	step("Starting two Atlantis replicas with enhanced locking on one Redis (logs: %s)", logPath)
+	rulesPath := filepath.Join(work, "priority-rules.yaml")
+	if err := os.WriteFile(rulesPath, []byte(priorityRules), 0o600); err != nil {
+		return err
+	}
+	step("Starting two Atlantis replicas with enhanced locking and its priority queue on one Redis (logs: %s)", logPath)
+	note("priority rules: %s", rulesPath)
 	fleet, err := StartFleet(ctx, FleetConfig{
 		Binary:       opts.Binary,
 		Replicas:     2,
@@ -90,8 +107,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 		DataDir:      filepath.Join(work, "data"),
 		TerraformDir: tfDir,
 		Sim:          sim,
-		ExtraArgs:    []string{"--api-secret=" + apiSecret},
-		Log:          logFile,
+		ExtraArgs: []string{
+			"--api-secret=" + apiSecret,
+			"--enhanced-locking-priority-queue",
+			"--enhanced-locking-auto-plan",
+			"--enhanced-locking-priority-rules=" + rulesPath,
+		},
+		Log: logFile,
 	})
 	if err != nil {
 		return err
@@ -101,7 +123,11 @@ func Run(ctx context.Context, opts Options) (err error) {
 	note("%s: %s", r1.Name(), r1.URL)
 	note("%s: %s", r2.Name(), r2.URL)
 
-	openPRs, err := tellStory(ctx, out, sim, r1, r2)
+	rounds := opts.RaceRounds
+	if rounds <= 0 {
+		rounds = DefaultRaceRounds
+	}
+	openPRs, err := tellStory(ctx, out, sim, redisAddr, rounds, r1, r2)
 	if err != nil {
 		return fmt.Errorf("%w\n(replica logs: %s)", err, logPath)
 	}

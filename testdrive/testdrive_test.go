@@ -36,8 +36,11 @@ func TestTestdriveStory(t *testing.T) {
 		"replica-2 sees the same lock",
 		"PR #2 was refused",
 		"currently locked by an unapplied plan from pull #1",
+		"PR #2 was queued: position 1 of 1 for `network` (workspace `default`), locked by #1, priority normal.",
 		"replica-2 applied the plan replica-1 made",
-		"The project is free on both replicas.",
+		"PR #2 was told: \"**Lock handed over**",
+		"A plan comment appeared on PR #2 with nobody commenting: replica-",
+		"Redis says #2 holds acme/infra/network/default.",
 		"PR #2 now holds the lock and has its plan.",
 	} {
 		Assert(t, strings.Contains(out.String(), line), "story lacks %q", line)
