@@ -57,7 +57,13 @@ func tellStory(ctx context.Context, out io.Writer, sim *vcssim.Sim, redisAddr st
 	if err != nil {
 		return nil, err
 	}
-	return []*vcssim.PullRequest{pr2}, nil
+	pr3, pr4, err := s.criticalFirst(pr2)
+	if err != nil {
+		return nil, err
+	}
+	// PR #3 first: closing PR #4 first would hand PR #3 the lock and its
+	// plan on the way out.
+	return []*vcssim.PullRequest{pr3, pr4}, nil
 }
 
 // queueAndHandOver is the first act: PR #1 locks the project, PR #2 on the
@@ -94,7 +100,7 @@ func (s *story) queueAndHandOver() (*vcssim.PullRequest, error) {
 	}
 	s.saw("PR #2 was refused: %q", firstLine(body))
 	s.saw("Upstream's Redis database reads then writes, so two replicas could both have granted it; this one cannot.")
-	if err := s.showPosition(pr2, commentMark{}); err != nil {
+	if err := s.showPosition(pr2, commentMark{}, "was queued"); err != nil {
 		return nil, err
 	}
 
@@ -133,9 +139,9 @@ func (s *story) open(r *Replica, number int, branch, dir, author string) (*vcssi
 	return pr, nil
 }
 
-// showPosition waits for the queue position comment PR gets after mark and
-// narrates it.
-func (s *story) showPosition(pr *vcssim.PullRequest, mark commentMark) error {
+// showPosition waits for the queue position comment pr gets after mark and
+// narrates it: "PR #N <news>: position ...".
+func (s *story) showPosition(pr *vcssim.PullRequest, mark commentMark, news string) error {
 	body, err := s.waitComment(pr, mark, "the queue position comment", isPosition)
 	if err != nil {
 		return err
@@ -145,7 +151,7 @@ func (s *story) showPosition(pr *vcssim.PullRequest, mark commentMark) error {
 		return fmt.Errorf("PR #%d's position comment lists no project:\n%s", pr.Number, body)
 	}
 	for _, p := range places {
-		s.saw("PR #%d was queued: position %s for %s, locked by %s, priority %s.", pr.Number, p.position, p.project, p.holder, p.priority)
+		s.saw("PR #%d %s: position %s for %s, locked by %s, priority %s.", pr.Number, news, p.position, p.project, p.holder, p.priority)
 	}
 	return nil
 }

@@ -38,8 +38,12 @@ const apiSecret = "testdrive"
 
 // priorityRules is the --enhanced-locking-priority-rules file the replicas
 // run with.
-const priorityRules = `# Written by atlantis testdrive.
+const priorityRules = `# Written by atlantis testdrive: a hotfix goes ahead of every other pull
+# waiting for the same project.
 default: normal
+rules:
+  - head_branch: "` + hotfixBranches + `"
+    priority: critical
 `
 
 // Run sets up the fleet, tells the story and, unless ExitAfterStory, keeps
@@ -150,23 +154,40 @@ func Run(ctx context.Context, opts Options) (err error) {
 	return nil
 }
 
-// closePulls closes the pull requests the story left open and waits, briefly,
-// for their locks to go.
+// closePulls closes the pull requests the story left open, in order, each
+// once the one before has let go of its locks and left its queues, so that
+// none is handed a lock on the way out.
 func closePulls(out io.Writer, sim *vcssim.Sim, r *Replica, prs []*vcssim.PullRequest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, pr := range prs {
 		if _, err := sim.SendPullRequestClosed(r.URL+"/events", pr, false); err != nil {
 			fmt.Fprintf(out, "    could not close PR #%d: %s\n", pr.Number, err)
+			continue
+		}
+		err := waitFor(ctx, fmt.Sprintf("PR #%d to let go of its locks and queues", pr.Number), func() (bool, error) {
+			queues, err := queueStatus(ctx, r)
+			return err == nil && !inQueues(queues, pr.Number), err
+		})
+		if err != nil {
+			fmt.Fprintf(out, "    %s\n", err)
 		}
 	}
-	err := waitFor(ctx, "the story's locks to be released", func() (bool, error) {
-		holders, err := lockHolders(ctx, r)
-		return len(holders) == 0, err
-	})
-	if err != nil {
-		fmt.Fprintf(out, "    %s\n", err)
+}
+
+// inQueues says whether pull holds or waits for any of the locks.
+func inQueues(queues map[string]lockQueue, pull int) bool {
+	for _, q := range queues {
+		if q.holder() == pull {
+			return true
+		}
+		for _, e := range q.Queue {
+			if e.PullNumber == pull {
+				return true
+			}
+		}
 	}
+	return false
 }
 
 // ensureTerraform finds terraform, or builds 1.5.7 from source with the Go

@@ -42,6 +42,13 @@ func TestTestdriveStory(t *testing.T) {
 		"A plan comment appeared on PR #2 with nobody commenting: replica-",
 		"Redis says #2 holds acme/infra/network/default.",
 		"PR #2 now holds the lock and has its plan.",
+		"PR #3 was queued: position 1 of 1 for `network` (workspace `default`), locked by #2, priority normal.",
+		"PR #4 was queued: position 1 of 2 for `network` (workspace `default`), locked by #2, priority critical.",
+		"lists the queue of acme/infra/network/default: 1. #4 (critical), 2. #3 (normal).",
+		"PR #4 was told: \"**Lock handed over**",
+		"Redis says #4 holds acme/infra/network/default.",
+		"PR #3 is next: position 1 of 1 for `network` (workspace `default`), locked by #4, priority normal.",
+		"The critical PR #4 got the lock first, though PR #3 had queued before it.",
 	} {
 		Assert(t, strings.Contains(out.String(), line), "story lacks %q", line)
 	}
