@@ -2,14 +2,11 @@ package testdrive
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -216,34 +213,6 @@ func ensureTerraform(out io.Writer, step func(string, ...any)) (string, error) {
 		return "", fmt.Errorf("building terraform: %w", err)
 	}
 	return bin, nil
-}
-
-// lockHolders asks a replica's API which pull holds each lock.
-func lockHolders(ctx context.Context, r *Replica) (map[string]string, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", r.URL+"/api/locks", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("X-Atlantis-Token", apiSecret)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close() // nolint: errcheck
-	var body struct {
-		Locks []struct {
-			Name   string
-			PullID json.Number
-		}
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return nil, fmt.Errorf("reading %s/api/locks: %w", r.URL, err)
-	}
-	holders := map[string]string{}
-	for _, l := range body.Locks {
-		holders[strings.TrimSuffix(l.Name, "/")] = "#" + l.PullID.String()
-	}
-	return holders, nil
 }
 
 // waitFor polls check until it reports done, ctx ends or a minute passes.

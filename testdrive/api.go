@@ -37,18 +37,45 @@ func (q lockQueue) holder() int {
 // queueStatusPath is the queue API, relative to a replica's URL.
 const queueStatusPath = "/api/locks/queue-status"
 
-// queueStatus reads a replica's queue API, by lock name (as lockName).
-func queueStatus(ctx context.Context, r *Replica) (map[string]lockQueue, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", r.URL+queueStatusPath, nil)
+// getAPI decodes the JSON of an API path of replica r into v, with the
+// testdrive's API secret.
+func getAPI(ctx context.Context, r *Replica, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", r.URL+path, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req.Header.Set("X-Atlantis-Token", apiSecret)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close() // nolint: errcheck
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("reading %s%s (%s): %w", r.URL, path, resp.Status, err)
+	}
+	return nil
+}
+
+// lockHolders asks a replica's API which pull holds each lock.
+func lockHolders(ctx context.Context, r *Replica) (map[string]string, error) {
+	var body struct {
+		Locks []struct {
+			Name   string
+			PullID json.Number
+		}
+	}
+	if err := getAPI(ctx, r, "/api/locks", &body); err != nil {
+		return nil, err
+	}
+	holders := map[string]string{}
+	for _, l := range body.Locks {
+		holders[strings.TrimSuffix(l.Name, "/")] = "#" + l.PullID.String()
+	}
+	return holders, nil
+}
+
+// queueStatus reads a replica's queue API, by lock name (as lockName).
+func queueStatus(ctx context.Context, r *Replica) (map[string]lockQueue, error) {
 	var body struct {
 		Success bool `json:"success"`
 		Data    struct {
@@ -58,11 +85,11 @@ func queueStatus(ctx context.Context, r *Replica) (map[string]lockQueue, error) 
 			} `json:"locks"`
 		} `json:"data"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return nil, fmt.Errorf("reading %s%s: %w", r.URL, queueStatusPath, err)
+	if err := getAPI(ctx, r, queueStatusPath, &body); err != nil {
+		return nil, err
 	}
 	if !body.Success {
-		return nil, fmt.Errorf("%s%s answered %s without success", r.URL, queueStatusPath, resp.Status)
+		return nil, fmt.Errorf("%s%s answered without success", r.URL, queueStatusPath)
 	}
 	locks := map[string]lockQueue{}
 	for _, l := range body.Data.Locks {
