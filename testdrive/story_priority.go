@@ -28,11 +28,15 @@ func (s *story) criticalFirst(holder *vcssim.PullRequest) (queued, critical *vcs
 	}
 
 	s.say("An incident: Team SRE opens PR #4 from hotfix/vpc-routes; the rules file makes %s critical; its webhook lands on %s", hotfixBranches, s.r2.Name())
+	passed := s.mark(pr3)
 	pr4, err := s.open(s.r2, 4, "hotfix/vpc-routes", project, "sre-team")
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := s.showPosition(pr4, commentMark{}, "was queued"); err != nil {
+		return nil, nil, err
+	}
+	if err := s.showPosition(pr3, passed, "was told it moved back"); err != nil {
 		return nil, nil, err
 	}
 	queues, err := queueStatus(s.ctx, s.r1)

@@ -44,6 +44,7 @@ func TestTestdriveStory(t *testing.T) {
 		"PR #2 now holds the lock and has its plan.",
 		"PR #3 was queued: position 1 of 1 for `network` (workspace `default`), locked by #2, priority normal.",
 		"PR #4 was queued: position 1 of 2 for `network` (workspace `default`), locked by #2, priority critical.",
+		"PR #3 was told it moved back: position 2 of 2 for `network` (workspace `default`), locked by #2, priority normal.",
 		"lists the queue of acme/infra/network/default: 1. #4 (critical), 2. #3 (normal).",
 		"PR #4 was told: \"**Lock handed over**",
 		"Redis says #4 holds acme/infra/network/default.",
