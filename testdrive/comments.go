@@ -10,8 +10,13 @@ import (
 // What the story recognises in Atlantis's comments. Upstream's start with
 // "Ran <Command> for"; the queue's with a bold title of their own.
 
+// isPlanResult is upstream's answer to a plan, whatever came of it.
+func isPlanResult(body string) bool { return strings.Contains(body, "Ran Plan for") }
+
+// isPlan is a plan that ran: the lock was granted and Terraform planned.
 func isPlan(body string) bool {
-	return strings.Contains(body, "Ran Plan for") && !isLocked(body)
+	return isPlanResult(body) && strings.Contains(body, "terraform_data.") && !isLocked(body) &&
+		!strings.Contains(body, "Plan Error") && !strings.Contains(body, "Plan Failed")
 }
 
 func isApply(body string) bool { return strings.Contains(body, "Ran Apply for") }

@@ -61,6 +61,9 @@ func tellStory(ctx context.Context, out io.Writer, sim *vcssim.Sim, redisAddr st
 	if err != nil {
 		return nil, err
 	}
+	if err := s.race(raceRounds); err != nil {
+		return nil, err
+	}
 	// PR #3 first: closing PR #4 first would hand PR #3 the lock and its
 	// plan on the way out.
 	return []*vcssim.PullRequest{pr3, pr4}, nil

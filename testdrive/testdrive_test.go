@@ -50,6 +50,10 @@ func TestTestdriveStory(t *testing.T) {
 		"Redis says #4 holds acme/infra/network/default.",
 		"PR #3 is next: position 1 of 1 for `network` (workspace `default`), locked by #4, priority normal.",
 		"The critical PR #4 got the lock first, though PR #3 had queued before it.",
+		"Rounds that granted the lock twice: 0 of 10 (by the pulls' plan comments).",
+		"Rounds that queued the loser behind the winner: 10 of 10 (by /api/locks/queue-status).",
+		"Rounds in which Redis named another holder than the pull that planned: 0.",
+		"acme/infra/dns/default is free again.",
 	} {
 		Assert(t, strings.Contains(out.String(), line), "story lacks %q", line)
 	}
