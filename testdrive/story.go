@@ -64,6 +64,9 @@ func tellStory(ctx context.Context, out io.Writer, sim *vcssim.Sim, redisAddr st
 	if err := s.race(raceRounds); err != nil {
 		return nil, err
 	}
+	if err := s.leaveQueue(pr4, pr3); err != nil {
+		return nil, err
+	}
 	// PR #3 first: closing PR #4 first would hand PR #3 the lock and its
 	// plan on the way out.
 	return []*vcssim.PullRequest{pr3, pr4}, nil
@@ -126,6 +129,21 @@ func (s *story) queueAndHandOver() (*vcssim.PullRequest, error) {
 	}
 	s.saw("PR #2 now holds the lock and has its plan.")
 	return pr2, nil
+}
+
+// leaveQueue narrates what the story leaves for the queue page to show:
+// holder holding the project's lock and queued waiting for it.
+func (s *story) leaveQueue(holder, queued *vcssim.PullRequest) error {
+	lock := lockName(project)
+	queues, err := queueStatus(s.ctx, s.r2)
+	if err != nil {
+		return err
+	}
+	q := queues[lock]
+	s.say("The story leaves PR #%d holding %s and PR #%d waiting for it", holder.Number, lock, queued.Number)
+	s.saw("%s's %s: held by #%d; queue: %s.", s.r2.Name(), queueStatusPath, q.holder(), describeQueue(q))
+	s.saw("The queue page shows the same on either replica.")
+	return nil
 }
 
 // open opens pull request number on branch, adding a resource named after

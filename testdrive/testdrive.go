@@ -139,7 +139,10 @@ func Run(ctx context.Context, opts Options) (err error) {
 	fmt.Fprintf(out, "\nOpen these while it runs:\n")
 	fmt.Fprintf(out, "  Locks page, replica 1:   %s/\n", r1.URL)
 	fmt.Fprintf(out, "  Locks page, replica 2:   %s/\n", r2.URL)
+	fmt.Fprintf(out, "  Queue page, replica 1:   %s/queue\n", r1.URL)
+	fmt.Fprintf(out, "  Queue page, replica 2:   %s/queue\n", r2.URL)
 	fmt.Fprintf(out, "  Lock API:                curl -H 'X-Atlantis-Token: %s' %s/api/locks\n", apiSecret, r2.URL)
+	fmt.Fprintf(out, "  Queue API:               curl -H 'X-Atlantis-Token: %s' %s%s\n", apiSecret, r1.URL, queueStatusPath)
 	fmt.Fprintf(out, "  Health and backend:      curl %s/healthz\n", r1.URL)
 	if opts.ExitAfterStory {
 		step("Story told; stopping (--exit-after-story)")

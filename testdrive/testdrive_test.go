@@ -54,6 +54,9 @@ func TestTestdriveStory(t *testing.T) {
 		"Rounds that queued the loser behind the winner: 10 of 10 (by /api/locks/queue-status).",
 		"Rounds in which Redis named another holder than the pull that planned: 0.",
 		"acme/infra/dns/default is free again.",
+		"/api/locks/queue-status: held by #4; queue: 1. #3 (normal).",
+		"/queue\n",
+		"/api/locks/queue-status\n",
 	} {
 		Assert(t, strings.Contains(out.String(), line), "story lacks %q", line)
 	}
