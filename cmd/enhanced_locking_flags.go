@@ -161,7 +161,7 @@ var enhancedFlags = []enhancedFlag{
 	},
 	{
 		name:        EnhancedLockingPriorityRulesFlag,
-		description: "YAML file of rules giving queued pulls a priority (critical, high, normal, low) by repo, dir, workspace or project name, and the aging step; needs the priority queue.",
+		description: "YAML file of rules giving queued pulls a priority (critical, high, normal, low) by repo, dir, workspace, project name or head branch, and the aging step; needs the priority queue.",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Features.PriorityRulesFile },
 		set:         stringSetter(func(c *server.EnhancedLockingConfig, v string) { c.Features.PriorityRulesFile = v }),
 	},

@@ -24,7 +24,9 @@ func (t *TestdriveCmd) Init() *cobra.Command {
 		Short: "Try Atlantis with enhanced locking offline: two replicas, Redis and a GitHub stand-in",
 		Long: `Starts a GitHub stand-in, Redis (in-process unless --redis-addr is given) and two
 Atlantis replicas with enhanced locking on this machine, then plays two teams'
-pull requests on one Terraform project and narrates what happens.`,
+pull requests on one Terraform project and narrates what happens: the shared lock,
+the queue that hands it on, a critical pull going first, and a race of plans on
+both replicas.`,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			binary, err := os.Executable()
@@ -39,5 +41,6 @@ pull requests on one Terraform project and narrates what happens.`,
 	}
 	c.Flags().StringVar(&opts.RedisAddr, "redis-addr", "", "host:port of a Redis to use instead of the in-process one")
 	c.Flags().BoolVar(&opts.ExitAfterStory, "exit-after-story", false, "Stop once the story is told (for CI smoke tests)")
+	c.Flags().IntVar(&opts.RaceRounds, "race-rounds", testdrive.DefaultRaceRounds, "How many rounds the story races two plans on one project across the replicas")
 	return c
 }

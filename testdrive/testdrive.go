@@ -2,14 +2,11 @@ package testdrive
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -25,10 +22,26 @@ type Options struct {
 	RedisAddr string
 	// ExitAfterStory stops everything once the story is told, for CI.
 	ExitAfterStory bool
-	Out            io.Writer
+	// RaceRounds is how many times the story has two pulls plan one project
+	// on both replicas at the same instant; 0 means DefaultRaceRounds.
+	RaceRounds int
+	Out        io.Writer
 }
 
+// DefaultRaceRounds keeps the race to a few seconds.
+const DefaultRaceRounds = 10
+
 const apiSecret = "testdrive"
+
+// priorityRules is the --enhanced-locking-priority-rules file the replicas
+// run with.
+const priorityRules = `# Written by atlantis testdrive: a hotfix goes ahead of every other pull
+# waiting for the same project.
+default: normal
+rules:
+  - head_branch: "` + hotfixBranches + `"
+    priority: critical
+`
 
 // Run sets up the fleet, tells the story and, unless ExitAfterStory, keeps
 // everything up until ctx is done.
@@ -82,7 +95,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 	defer sim.Close() // nolint: errcheck
 	step("GitHub stand-in at %s (API, git and signed webhooks, all local)", sim.URL())
 
-	step("Starting two Atlantis replicas with enhanced locking on one Redis (logs: %s)", logPath)
+	rulesPath := filepath.Join(work, "priority-rules.yaml")
+	if err := os.WriteFile(rulesPath, []byte(priorityRules), 0o600); err != nil {
+		return err
+	}
+	step("Starting two Atlantis replicas with enhanced locking and its priority queue on one Redis (logs: %s)", logPath)
+	note("priority rules: %s", rulesPath)
 	fleet, err := StartFleet(ctx, FleetConfig{
 		Binary:       opts.Binary,
 		Replicas:     2,
@@ -90,8 +108,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 		DataDir:      filepath.Join(work, "data"),
 		TerraformDir: tfDir,
 		Sim:          sim,
-		ExtraArgs:    []string{"--api-secret=" + apiSecret},
-		Log:          logFile,
+		ExtraArgs: []string{
+			"--api-secret=" + apiSecret,
+			"--enhanced-locking-priority-queue",
+			"--enhanced-locking-auto-plan",
+			"--enhanced-locking-priority-rules=" + rulesPath,
+		},
+		Log: logFile,
 	})
 	if err != nil {
 		return err
@@ -101,7 +124,11 @@ func Run(ctx context.Context, opts Options) (err error) {
 	note("%s: %s", r1.Name(), r1.URL)
 	note("%s: %s", r2.Name(), r2.URL)
 
-	openPRs, err := tellStory(ctx, out, sim, r1, r2)
+	rounds := opts.RaceRounds
+	if rounds <= 0 {
+		rounds = DefaultRaceRounds
+	}
+	openPRs, err := tellStory(ctx, out, sim, redisAddr, rounds, r1, r2)
 	if err != nil {
 		return fmt.Errorf("%w\n(replica logs: %s)", err, logPath)
 	}
@@ -112,7 +139,10 @@ func Run(ctx context.Context, opts Options) (err error) {
 	fmt.Fprintf(out, "\nOpen these while it runs:\n")
 	fmt.Fprintf(out, "  Locks page, replica 1:   %s/\n", r1.URL)
 	fmt.Fprintf(out, "  Locks page, replica 2:   %s/\n", r2.URL)
+	fmt.Fprintf(out, "  Queue page, replica 1:   %s/queue\n", r1.URL)
+	fmt.Fprintf(out, "  Queue page, replica 2:   %s/queue\n", r2.URL)
 	fmt.Fprintf(out, "  Lock API:                curl -H 'X-Atlantis-Token: %s' %s/api/locks\n", apiSecret, r2.URL)
+	fmt.Fprintf(out, "  Queue API:               curl -H 'X-Atlantis-Token: %s' %s%s\n", apiSecret, r1.URL, queueStatusPath)
 	fmt.Fprintf(out, "  Health and backend:      curl %s/healthz\n", r1.URL)
 	if opts.ExitAfterStory {
 		step("Story told; stopping (--exit-after-story)")
@@ -124,23 +154,40 @@ func Run(ctx context.Context, opts Options) (err error) {
 	return nil
 }
 
-// closePulls closes the pull requests the story left open and waits, briefly,
-// for their locks to go.
+// closePulls closes the pull requests the story left open, in order, each
+// once the one before has let go of its locks and left its queues, so that
+// none is handed a lock on the way out.
 func closePulls(out io.Writer, sim *vcssim.Sim, r *Replica, prs []*vcssim.PullRequest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, pr := range prs {
 		if _, err := sim.SendPullRequestClosed(r.URL+"/events", pr, false); err != nil {
 			fmt.Fprintf(out, "    could not close PR #%d: %s\n", pr.Number, err)
+			continue
+		}
+		err := waitFor(ctx, fmt.Sprintf("PR #%d to let go of its locks and queues", pr.Number), func() (bool, error) {
+			queues, err := queueStatus(ctx, r)
+			return err == nil && !inQueues(queues, pr.Number), err
+		})
+		if err != nil {
+			fmt.Fprintf(out, "    %s\n", err)
 		}
 	}
-	err := waitFor(ctx, "the story's locks to be released", func() (bool, error) {
-		holders, err := lockHolders(ctx, r)
-		return len(holders) == 0, err
-	})
-	if err != nil {
-		fmt.Fprintf(out, "    %s\n", err)
+}
+
+// inQueues says whether pull holds or waits for any of the locks.
+func inQueues(queues map[string]lockQueue, pull int) bool {
+	for _, q := range queues {
+		if q.holder() == pull {
+			return true
+		}
+		for _, e := range q.Queue {
+			if e.PullNumber == pull {
+				return true
+			}
+		}
 	}
+	return false
 }
 
 // ensureTerraform finds terraform, or builds 1.5.7 from source with the Go
@@ -169,34 +216,6 @@ func ensureTerraform(out io.Writer, step func(string, ...any)) (string, error) {
 		return "", fmt.Errorf("building terraform: %w", err)
 	}
 	return bin, nil
-}
-
-// lockHolders asks a replica's API which pull holds each lock.
-func lockHolders(ctx context.Context, r *Replica) (map[string]string, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", r.URL+"/api/locks", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("X-Atlantis-Token", apiSecret)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close() // nolint: errcheck
-	var body struct {
-		Locks []struct {
-			Name   string
-			PullID json.Number
-		}
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return nil, fmt.Errorf("reading %s/api/locks: %w", r.URL, err)
-	}
-	holders := map[string]string{}
-	for _, l := range body.Locks {
-		holders[strings.TrimSuffix(l.Name, "/")] = "#" + l.PullID.String()
-	}
-	return holders, nil
 }
 
 // waitFor polls check until it reports done, ctx ends or a minute passes.

@@ -76,6 +76,41 @@ func (n *Notifier) PostPositions(ctx context.Context, repo models.Repo, pullNum 
 	return nil
 }
 
+// Queued tells a pull that has just queued its places, then the pulls it
+// went ahead of their new ones: each was told its place when it queued, and
+// an entry of a higher priority sorts before older entries. A pull that
+// joins at the end of every queue moves nobody, so nobody else is told.
+func (n *Notifier) Queued(ctx context.Context, repo models.Repo, pullNum int) {
+	_ = n.PostPositions(ctx, repo, pullNum)
+	entries, err := n.queues.PullEntries(ctx, repo.FullName, pullNum)
+	if err != nil {
+		_ = n.failed(repo, pullNum, "reading its queue entries, to tell the pulls behind it", err)
+		return
+	}
+	told := map[pullKey]bool{keyOf(repo.FullName, pullNum): true}
+	for _, e := range entries {
+		q, err := n.queues.Queue(ctx, e.Lock.Project, e.Lock.Workspace)
+		if err != nil {
+			_ = n.failed(repo, pullNum, "reading a queue, to tell the pulls behind it", err)
+			continue
+		}
+		// Behind means after this pull's entry in the same read of the queue.
+		behind := false
+		for _, other := range q.Entries {
+			k := keyOf(other.Lock.Pull.BaseRepo.FullName, other.Lock.Pull.Num)
+			if k == keyOf(repo.FullName, pullNum) {
+				behind = true
+				continue
+			}
+			if !behind || other.Synchronous || told[k] {
+				continue
+			}
+			told[k] = true
+			_ = n.PostPositions(ctx, other.Lock.Pull.BaseRepo, other.Lock.Pull.Num)
+		}
+	}
+}
+
 func (n *Notifier) failed(repo models.Repo, pullNum int, doing string, err error) error {
 	err = fmt.Errorf("telling pull %s#%d its lock queue positions: %s: %w", repo.FullName, pullNum, doing, err)
 	n.logger.Warn("%s", err)

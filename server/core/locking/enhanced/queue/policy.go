@@ -16,7 +16,8 @@ import (
 // are running a plan here (Track): their refused requests queue, those of
 // any other command (apply with locks taken on apply, import, state) fail as
 // upstream's do. When the last command of a pull that queued ends, the pull
-// is told its places in one comment, however many projects queued.
+// is told its places in one comment, however many projects queued, and the
+// pulls it went ahead of are told theirs.
 type Policy struct {
 	rules    *Rules
 	timeout  time.Duration
@@ -109,7 +110,7 @@ func (p *Policy) Track(repo models.Repo, pullNum int, plan bool) (done func()) {
 			if queued {
 				ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
 				defer cancel()
-				p.notifier.PostPositions(ctx, run.repo, pullNum)
+				p.notifier.Queued(ctx, run.repo, pullNum)
 			}
 		})
 	}

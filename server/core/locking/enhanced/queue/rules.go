@@ -42,9 +42,13 @@ type Rules struct {
 
 // rule matches a request when every pattern it has matches; a nil pattern
 // matches anything. Loading guarantees at least one pattern is set.
+//
+// headBranch is the only pattern on the pull rather than the lock: every
+// pull queued for one lock has the same repo, dir, workspace and project,
+// so without it no rule could put one of them ahead of another.
 type rule struct {
-	repo, dir, workspace, project *glob
-	priority                      enhanced.Priority
+	repo, dir, workspace, project, headBranch *glob
+	priority                                  enhanced.Priority
 }
 
 // DefaultRules has no rules: every request is normal and ages by one level
@@ -92,7 +96,8 @@ func (r *Rules) Classify(lock models.ProjectLock) enhanced.Priority {
 		if matches(candidate.repo, project.RepoFullName) &&
 			matches(candidate.dir, project.Path) &&
 			matches(candidate.workspace, lock.Workspace) &&
-			matches(candidate.project, project.ProjectName) {
+			matches(candidate.project, project.ProjectName) &&
+			matches(candidate.headBranch, lock.Pull.HeadBranch) {
 			return candidate.priority
 		}
 	}
@@ -127,7 +132,7 @@ func (r *Rules) Len() int {
 
 const (
 	knownTopKeys  = "aging_step, default, rules"
-	knownRuleKeys = "repo, dir, workspace, project, priority"
+	knownRuleKeys = "repo, dir, workspace, project, head_branch, priority"
 	priorityNames = "critical, high, normal or low"
 )
 
@@ -344,7 +349,7 @@ func (p *rulesParser) rule(node *yaml.Node, field string) (rule, bool) {
 		p.errorf(node, field, "no priority: add priority: with one of %s", priorityNames)
 	}
 	if !hasPattern {
-		p.errorf(node, field, "no pattern: add at least one of repo, dir, workspace or project (for requests no rule matches, set default: instead)")
+		p.errorf(node, field, "no pattern: add at least one of repo, dir, workspace, project or head_branch (for requests no rule matches, set default: instead)")
 	}
 	return r, len(p.errs) == errsBefore
 }
@@ -361,16 +366,19 @@ func (r *rule) patternSlot(key string) **glob {
 		return &r.workspace
 	case "project":
 		return &r.project
+	case "head_branch":
+		return &r.headBranch
 	}
 	return nil
 }
 
 // patternExamples is, for each pattern key, a pattern of the kind it expects.
 var patternExamples = map[string]string{
-	"repo":      "acme/infra-*",
-	"dir":       "prod/**",
-	"workspace": "default",
-	"project":   "network-*",
+	"repo":        "acme/infra-*",
+	"dir":         "prod/**",
+	"workspace":   "default",
+	"project":     "network-*",
+	"head_branch": "hotfix/**",
 }
 
 // pattern compiles the glob of a rule's key, or reports why it cannot be one
@@ -384,7 +392,8 @@ func (p *rulesParser) pattern(node *yaml.Node, field, key string) *glob {
 		p.errorf(node, field, "%q %s", value, problem)
 		return nil
 	}
-	// GitHub and most other hosts treat repo names case-insensitively.
+	// GitHub and most other hosts treat repo names case-insensitively; git
+	// branch names are case-sensitive.
 	g, err := compileGlob(value, key == "repo")
 	if err != nil {
 		p.errorf(node, field, "%q: %v", value, err)

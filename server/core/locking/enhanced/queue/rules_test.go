@@ -34,6 +34,12 @@ func lockFor(repo, dir, workspace, project string) models.ProjectLock {
 	}
 }
 
+// onBranch is lock requested by a pull from head branch.
+func onBranch(lock models.ProjectLock, branch string) models.ProjectLock {
+	lock.Pull.HeadBranch = branch
+	return lock
+}
+
 const orderedRules = `
 default: low
 rules:
@@ -76,10 +82,11 @@ func TestClassify_EachFieldMatchesItsOwnPart(t *testing.T) {
 		field string
 		lock  models.ProjectLock
 	}{
-		{"repo", lockFor("x", "other", "other", "other")},
-		{"dir", lockFor("other", "x", "other", "other")},
-		{"workspace", lockFor("other", "other", "x", "other")},
-		{"project", lockFor("other", "other", "other", "x")},
+		{"repo", onBranch(lockFor("x", "other", "other", "other"), "other")},
+		{"dir", onBranch(lockFor("other", "x", "other", "other"), "other")},
+		{"workspace", onBranch(lockFor("other", "other", "x", "other"), "other")},
+		{"project", onBranch(lockFor("other", "other", "other", "x"), "other")},
+		{"head_branch", onBranch(lockFor("other", "other", "other", "other"), "x")},
 	}
 	for _, c := range cases {
 		t.Run(c.field, func(t *testing.T) {
@@ -167,6 +174,14 @@ func TestClassify_Globs(t *testing.T) {
 		{"project", "*", "", true},
 		{"project", "?*", "", false},
 		{"project", "?*", "network", true},
+		// Head branches hold "/" and are case-sensitive, as in git.
+		{"head_branch", "hotfix/*", "hotfix/vpc", true},
+		{"head_branch", "hotfix/*", "hotfix/eu/vpc", false},
+		{"head_branch", "hotfix/**", "hotfix/eu/vpc", true},
+		{"head_branch", "hotfix/**", "hotfixes/vpc", false},
+		{"head_branch", "hotfix/**", "Hotfix/vpc", false},
+		{"head_branch", "release-*", "release-1.2", true},
+		{"head_branch", "main", "main", true},
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%s %s on %s", c.field, c.pattern, c.name), func(t *testing.T) {
@@ -181,6 +196,8 @@ func TestClassify_Globs(t *testing.T) {
 				lock.Workspace = c.name
 			case "project":
 				lock.Project.ProjectName = c.name
+			case "head_branch":
+				lock.Pull.HeadBranch = c.name
 			}
 			want := enhanced.PriorityNormal
 			if c.match {
@@ -200,12 +217,14 @@ rules:
     dir: prod/**
     workspace: default
     project: network-*
+    head_branch: renovate/**
     priority: LOW
 `)
 	Equals(t, 90*time.Minute, rules.AgingStep())
 	Equals(t, 1, rules.Len())
-	Equals(t, enhanced.PriorityLow, rules.Classify(lockFor("acme/infra", "prod/eu", "default", "network-core")))
-	Equals(t, enhanced.PriorityHigh, rules.Classify(lockFor("acme/infra", "prod/eu", "default", "iam")))
+	Equals(t, enhanced.PriorityLow, rules.Classify(onBranch(lockFor("acme/infra", "prod/eu", "default", "network-core"), "renovate/aws")))
+	Equals(t, enhanced.PriorityHigh, rules.Classify(onBranch(lockFor("acme/infra", "prod/eu", "default", "network-core"), "feature/x")))
+	Equals(t, enhanced.PriorityHigh, rules.Classify(onBranch(lockFor("acme/infra", "prod/eu", "default", "iam"), "renovate/aws")))
 }
 
 // TestParseRules_Aliases: a YAML anchor lets one pattern serve several rules.
@@ -313,13 +332,13 @@ func TestParseRules_Errors(t *testing.T) {
 		{"rules a word", "rules: all\n",
 			`priority-rules.yaml:1: rules: expected a list of rules, each starting with "- ", found the value "all"`},
 		{"rule a word", "rules:\n  - repo: a\n    priority: high\n  - acme/*\n",
-			`priority-rules.yaml:4: rules[1]: expected a rule, a mapping with the keys repo, dir, workspace, project, priority; found the value "acme/*"`},
+			`priority-rules.yaml:4: rules[1]: expected a rule, a mapping with the keys repo, dir, workspace, project, head_branch, priority; found the value "acme/*"`},
 		{"rule empty", "rules:\n  -\n",
-			`priority-rules.yaml:2: rules[0]: expected a rule, a mapping with the keys repo, dir, workspace, project, priority; found nothing`},
+			`priority-rules.yaml:2: rules[0]: expected a rule, a mapping with the keys repo, dir, workspace, project, head_branch, priority; found nothing`},
 		{"rule a list", "rules:\n  - - repo: a\n",
-			`priority-rules.yaml:2: rules[0]: expected a rule, a mapping with the keys repo, dir, workspace, project, priority; found a list`},
+			`priority-rules.yaml:2: rules[0]: expected a rule, a mapping with the keys repo, dir, workspace, project, head_branch, priority; found a list`},
 		{"unknown rule key", "rules:\n  - repo: a\n    workpace: default\n    priority: high\n",
-			`priority-rules.yaml:3: rules[0]: unknown key "workpace": known keys are repo, dir, workspace, project, priority`},
+			`priority-rules.yaml:3: rules[0]: unknown key "workpace": known keys are repo, dir, workspace, project, head_branch, priority`},
 		{"duplicate rule key", "rules:\n  - repo: a\n    dir: prod\n    repo: b\n    priority: high\n",
 			`priority-rules.yaml:4: rules[0]: duplicate key "repo" (first at line 2): keep one of them`},
 		{"no priority", "rules:\n  - repo: a\n    priority: high\n  - repo: b\n    dir: prod\n",
@@ -329,7 +348,7 @@ func TestParseRules_Errors(t *testing.T) {
 		{"priority a list", "rules:\n  - repo: a\n    priority: [high]\n",
 			`priority-rules.yaml:3: rules[0].priority: expected a single value, found a list: use critical, high, normal or low`},
 		{"no pattern", "rules:\n  - priority: high\n",
-			`priority-rules.yaml:2: rules[0]: no pattern: add at least one of repo, dir, workspace or project (for requests no rule matches, set default: instead)`},
+			`priority-rules.yaml:2: rules[0]: no pattern: add at least one of repo, dir, workspace, project or head_branch (for requests no rule matches, set default: instead)`},
 		{"unclosed class", "rules:\n  - dir: 'prod/[ab'\n    priority: high\n",
 			`priority-rules.yaml:2: rules[0].dir: "prod/[ab": malformed pattern near "[ab": close every "[" with "]", and write a literal "[", "*", "?" or "\" as "\[", "\*", "\?" or "\\"`},
 		{"trailing backslash", "rules:\n  - project: 'net\\'\n    priority: high\n",
@@ -356,6 +375,10 @@ func TestParseRules_Errors(t *testing.T) {
 			`priority-rules.yaml:2: rules[0].dir: "prod//network" is not a clean path: write "prod/network" (no "./", "..", "//" or trailing "/")`},
 		{"pattern without value", "rules:\n  - repo:\n    priority: high\n",
 			`priority-rules.yaml:2: rules[0].repo: no value: give a pattern such as "acme/infra-*", or remove the key to match any`},
+		{"empty head_branch", "rules:\n  - head_branch: ''\n    priority: high\n",
+			`priority-rules.yaml:2: rules[0].head_branch: "" is empty and matches nothing: give a pattern, or remove the key to match any`},
+		{"head_branch without value", "rules:\n  - head_branch:\n    priority: critical\n",
+			`priority-rules.yaml:2: rules[0].head_branch: no value: give a pattern such as "hotfix/**", or remove the key to match any`},
 		{"pattern a list", "rules:\n  - dir: [prod, staging]\n    priority: high\n",
 			`priority-rules.yaml:2: rules[0].dir: expected a single value, found a list: give a pattern such as "prod/**", or remove the key to match any`},
 	}
@@ -388,19 +411,19 @@ rules:
 		`priority-rules.yaml:1: aging_step: "0s" is not positive: give a Go duration such as 30m or 1h`,
 		`priority-rules.yaml:2: default: unknown priority "urgent": use critical, high, normal or low`,
 		`priority-rules.yaml:3: unknown key "colour": known keys are aging_step, default, rules`,
-		`priority-rules.yaml:6: rules[0]: unknown key "workpace": known keys are repo, dir, workspace, project, priority`,
+		`priority-rules.yaml:6: rules[0]: unknown key "workpace": known keys are repo, dir, workspace, project, head_branch, priority`,
 		`priority-rules.yaml:8: rules[1]: no priority: add priority: with one of critical, high, normal or low`,
 		`priority-rules.yaml:9: rules[2].dir: "[prod": malformed pattern near "[prod": close every "[" with "]", and write a literal "[", "*", "?" or "\" as "\[", "\*", "\?" or "\\"`,
 		`priority-rules.yaml:10: rules[2].priority: unknown priority "urgent": use critical, high, normal or low`,
-		`priority-rules.yaml:11: rules[3]: expected a rule, a mapping with the keys repo, dir, workspace, project, priority; found the value "staging"`,
-		`priority-rules.yaml:12: rules[4]: no pattern: add at least one of repo, dir, workspace or project (for requests no rule matches, set default: instead)`,
+		`priority-rules.yaml:11: rules[3]: expected a rule, a mapping with the keys repo, dir, workspace, project, head_branch, priority; found the value "staging"`,
+		`priority-rules.yaml:12: rules[4]: no pattern: add at least one of repo, dir, workspace, project or head_branch (for requests no rule matches, set default: instead)`,
 	}, strings.Split(err.Error(), "\n"))
 }
 
 func TestLoadRules_Example(t *testing.T) {
 	rules, err := queue.LoadRules(filepath.Join("testdata", "priority-rules.yaml"))
 	Ok(t, err)
-	Equals(t, 6, rules.Len())
+	Equals(t, 7, rules.Len())
 	Equals(t, 2*time.Hour, rules.AgingStep())
 	cases := []struct {
 		lock models.ProjectLock
@@ -414,6 +437,7 @@ func TestLoadRules_Example(t *testing.T) {
 		{lockFor("acme/app", ".", "dev-alice", ""), enhanced.PriorityLow},
 		{lockFor("acme/app", "teams/payments/sandbox", "default", ""), enhanced.PriorityLow},
 		{lockFor("acme/infra-core", "staging/eu-west-1", "default", "network-vpc"), enhanced.PriorityNormal},
+		{onBranch(lockFor("acme/app", "teams/payments/sandbox", "dev-alice", ""), "hotfix/login"), enhanced.PriorityCritical},
 	}
 	for _, c := range cases {
 		Equals(t, c.want, rules.Classify(c.lock))

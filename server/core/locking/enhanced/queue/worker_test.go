@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -338,4 +339,44 @@ func TestWorker_LeavesAHandOverToThePlanThatWaitedForIt(t *testing.T) {
 	r.worker.Wait()
 	Equals(t, 0, len(withPrefix(handedOver, r)))
 	Equals(t, 0, len(r.planner.planned()))
+}
+
+var dirPlace = regexp.MustCompile("\\| `dir` \\(workspace `default`\\) \\| (\\d+ of \\d+) \\|")
+
+// TestPolicy_TellsThePullsACriticalEntryWentAheadOf: every queued pull was
+// told its place when it queued; a critical entry that sorts ahead of it
+// moves it back, so it is told its new place. An entry that joins at the end
+// moves nobody, and nobody else hears of it.
+func TestPolicy_TellsThePullsACriticalEntryWentAheadOf(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newReplica(t, srv, true, time.Minute)
+	policy := queue.NewPolicy(queue.DefaultRules(), time.Hour, queue.NewNotifier(r.backend, r.vcs, true, nil))
+	baseRepo := pullLock("dir", 2).Pull.BaseRepo
+	mustLock(t, r.backend, pullLock("dir", 1))
+	queueFor := func(pull int, p enhanced.Priority) {
+		done := policy.Track(baseRepo, pull, true)
+		policy.Queued(enqueue(t, r.backend, pullLock("dir", pull), p))
+		done()
+	}
+	// placesOf is the place each position comment of pull gave it in the
+	// queue of dir.
+	placesOf := func(pull int) []string {
+		var places []string
+		for _, c := range withPrefix(positions, r) {
+			if m := dirPlace.FindStringSubmatch(c.body); c.pull == pull && m != nil {
+				places = append(places, m[1])
+			}
+		}
+		return places
+	}
+
+	queueFor(2, enhanced.PriorityNormal)
+	queueFor(3, enhanced.PriorityNormal)
+	Equals(t, []string{"1 of 1"}, placesOf(2))
+	Equals(t, []string{"2 of 2"}, placesOf(3))
+
+	queueFor(4, enhanced.PriorityCritical)
+	Equals(t, []string{"1 of 3"}, placesOf(4))
+	Equals(t, []string{"1 of 1", "2 of 3"}, placesOf(2))
+	Equals(t, []string{"2 of 2", "3 of 3"}, placesOf(3))
 }
