@@ -7,6 +7,7 @@ import (
 	. "github.com/runatlantis/atlantis/testing"
 
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
+	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
 
 // TestQueuedPullIsHandedTheLockAndReplanned: #2 plans on replica 2 a project
@@ -70,4 +71,48 @@ func TestQueuedPullIsHandedTheLockAndReplanned(t *testing.T) {
 			"someone but Atlantis commented on #2 after the hand-over: %q", c.Body)
 	}
 	h.checkRedisConsistent()
+}
+
+// TestQueuePositionsFollowTheHead: #2, #3 and #4 queue in that order behind
+// #1. When #1 is merged and #2 handed the lock, #3 and #4 each see their new
+// place, in one comment that replaces the last; when #3, first in line now,
+// leaves with `atlantis unlock`, #4 sees that it is first, and #3 sees no
+// place any more.
+func TestQueuePositionsFollowTheHead(t *testing.T) {
+	h := newQueueHarness(t, harnessOptions{})
+	prs := []*vcssim.PullRequest{h.openPR(1), h.openPR(2), h.openPR(3), h.openPR(4)}
+	holder, waiting := prs[0], prs[1:]
+
+	plan := h.plan(h.r1, holder)
+	Assert(t, isPlanned(plan.Body), "plan of #1 failed:\n%s", plan.Body)
+	for i, pr := range waiting {
+		h.queuePlan(h.fleet.Replicas[i%2], pr, 1)
+		h.waitPosition(pr, projectDir, i+1, i+1, 1)
+	}
+	h.waitQueue(projectDir, 1, 2, 3, 4)
+
+	h.closed(h.r2, holder)
+	h.waitComment(prs[1], mark{}, "the hand-over notice", isHandedOver)
+	h.waitQueue(projectDir, 2, 3, 4)
+	h.waitPosition(prs[2], projectDir, 1, 2, 2)
+	h.waitPosition(prs[3], projectDir, 2, 2, 2)
+	h.waitNoPosition(prs[1])
+
+	m, _ := h.comment(h.r1, prs[2], "atlantis unlock")
+	h.waitComment(prs[2], m, "the unlock confirmation", isUnlocked)
+	h.waitQueue(projectDir, 2, 4)
+	h.waitPosition(prs[3], projectDir, 1, 1, 2)
+	h.waitNoPosition(prs[2])
+	h.waitNoticesDelivered()
+	h.checkRedisConsistent()
+}
+
+// queuePlan comments `atlantis plan` on pr through r, which finds the
+// project locked by holder, and waits until the plan finished.
+func (h *harness) queuePlan(r *testdrive.Replica, pr *vcssim.PullRequest, holder int) {
+	h.t.Helper()
+	m, _ := h.comment(r, pr, "atlantis plan")
+	refused := h.waitComment(pr, m, "the lock refusal", isPlanResult)
+	Assert(h.t, lockedBy(refused.Body, holder), "#%d was not told that #%d holds the lock:\n%s", pr.Number, holder, refused.Body)
+	h.waitDone(pr, m, "atlantis/plan")
 }
