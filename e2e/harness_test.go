@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"sort"
@@ -65,6 +66,9 @@ type harnessOptions struct {
 	replicaArgs [2][]string
 	// timeout bounds the whole test; zero means testTimeout.
 	timeout time.Duration
+	// extraProjects are Terraform projects the repo holds beside projectDir,
+	// one per dir.
+	extraProjects []string
 }
 
 // newHarness starts everything and registers its teardown. When the test
@@ -103,7 +107,11 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		}
 	})
 
-	h.repo, err = sim.CreateRepo(repoOwner, repoName, vcssim.InDir(projectDir, vcssim.TerraformProject("base")))
+	files := vcssim.InDir(projectDir, vcssim.TerraformProject("base"))
+	for _, dir := range opts.extraProjects {
+		maps.Copy(files, vcssim.InDir(dir, vcssim.TerraformProject("base")))
+	}
+	h.repo, err = sim.CreateRepo(repoOwner, repoName, files)
 	Ok(t, err)
 
 	args := append([]string{"--api-secret=" + apiSecret}, opts.extraArgs...)
@@ -137,8 +145,18 @@ func events(r *testdrive.Replica) string { return r.URL + "/events" }
 // a new name, so the plan has something to add). No webhook is sent.
 func (h *harness) openPR(number int) *vcssim.PullRequest {
 	h.t.Helper()
-	files := vcssim.InDir(projectDir, vcssim.TerraformProject(fmt.Sprintf("pr%d", number)))
-	pr, err := h.sim.OpenPullRequest(h.repo, number, fmt.Sprintf("change-%d", number), files, author)
+	return h.openPROn(number, fmt.Sprintf("change-%d", number), projectDir)
+}
+
+// openPROn opens pull request number from branch, changing the project in
+// each of dirs as openPR does. No webhook is sent.
+func (h *harness) openPROn(number int, branch string, dirs ...string) *vcssim.PullRequest {
+	h.t.Helper()
+	files := map[string]string{}
+	for _, dir := range dirs {
+		maps.Copy(files, vcssim.InDir(dir, vcssim.TerraformProject(fmt.Sprintf("pr%d", number))))
+	}
+	pr, err := h.sim.OpenPullRequest(h.repo, number, branch, files, author)
 	Ok(h.t, err)
 	h.mu.Lock()
 	h.prs = append(h.prs, pr)

@@ -39,6 +39,15 @@ func pullIndexKey(pull int) string { return fmt.Sprintf("pull{%s::%d}", repoFull
 // releases the locks.
 func pullClosingKey(pull int) string { return fmt.Sprintf("pullclosing{%s::%d}", repoFull, pull) }
 
+// The priority queue's keys besides the waiters' (w{…}, wd{…}, wv{…}): the
+// durable entries' metadata qm{lock key}, the set of locks with queues, and
+// the outbox of hand-over and expiry notices not yet delivered.
+const (
+	queuesKey        = "queues"
+	outboxKey        = "outbox"
+	outboxNoticesKey = "outbox:notices"
+)
+
 // releaseTimes is the enhanced backend's record of when each lock was last
 // released: HASH lock key -> unix microseconds.
 const releaseTimes = "locks:released"
@@ -107,7 +116,7 @@ func (h *harness) holder(key string) (int, error) {
 	if err := json.Unmarshal([]byte(value), &lock); err != nil {
 		return 0, fmt.Errorf("lock %s is not upstream's JSON: %w: %s", key, err, value)
 	}
-	if lock.Pull.Num <= 0 || lock.Pull.BaseRepo.FullName != repoFull || lock.Project.Path != projectDir || lock.Workspace != "default" {
+	if lock.Pull.Num <= 0 || lock.Pull.BaseRepo.FullName != repoFull || "pr/"+models.GenerateLockKey(lock.Project, lock.Workspace) != key {
 		return 0, fmt.Errorf("lock %s holds an unexpected value: %s", key, value)
 	}
 	return lock.Pull.Num, nil
@@ -261,7 +270,7 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 					bad("release times %s name %s, which is not a lock key", k, field)
 				}
 			}
-		case strings.HasPrefix(k, "w{"), strings.HasPrefix(k, "wd{"), strings.HasPrefix(k, "wv{"):
+		case strings.HasPrefix(k, "w{"), strings.HasPrefix(k, "wd{"), strings.HasPrefix(k, "wv{"), strings.HasPrefix(k, "qm{"):
 			if lock := relatedLock(k); !live[lock] {
 				bad("%s belongs to %s, which is not locked (orphan)", k, lock)
 			}
@@ -269,6 +278,18 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 			if d := ttl(k); d <= 0 {
 				bad("release record %s does not expire (ttl %s)", k, d)
 			}
+		case k == queuesKey:
+			// May name locks whose entries left since, until a sweep prunes
+			// them (backends/redis_queue.go); the entries themselves, in
+			// w{…} and qm{…}, belong to live locks, as checked above.
+			for _, m := range h.rdb.SMembers(ctx, k).Val() {
+				if !strings.HasPrefix(m, "pr/") {
+					bad("queues index %s names %s, which is not a lock key", k, m)
+				}
+			}
+		case k == outboxKey, k == outboxNoticesKey:
+			// Notices on their way to their pulls; the queue tests check
+			// that they are delivered.
 		case k == applyLockKey:
 		case k == deliveriesKey:
 			if d := ttl(k); d <= 0 || d > deliveryTTL {

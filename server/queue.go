@@ -77,7 +77,8 @@ func (q *lockQueue) start() {
 	}()
 }
 
-// stop ends the worker and waits for the re-plans it started. A notice
+// stop ends the worker and waits for the re-plans it started and for the
+// position comments of pulls whose queues moved. A notice
 // claimed and not delivered is taken over by another replica, or by this
 // one after its restart, when its lease ends.
 func (q *lockQueue) stop() {
@@ -86,4 +87,5 @@ func (q *lockQueue) stop() {
 	}
 	q.cancel()
 	<-q.done
+	q.policy.Wait()
 }

@@ -122,6 +122,16 @@ func (r *Replica) Kill() {
 	<-r.exited
 }
 
+// Running says whether the process has not exited.
+func (r *Replica) Running() bool {
+	select {
+	case <-r.exited:
+		return false
+	default:
+		return true
+	}
+}
+
 // FreePort asks the kernel for a free loopback port.
 func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

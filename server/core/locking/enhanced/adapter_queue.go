@@ -61,19 +61,26 @@ func (a *Adapter) enqueue(req LockRequest, holder models.ProjectLock) (bool, mod
 }
 
 // leaveQueues takes the pull out of every queue before its locks are
-// released, so that a closed or unlocked pull is never handed a lock. Only an
-// unreachable backend stops the release (which then goes where the mode
-// says); any other failure is logged and the locks are released all the
-// same: a closed pull must not keep them, and an entry left behind expires.
+// released, so that a closed or unlocked pull is never handed a lock, and
+// tells the policy which entries left, so the pulls behind them hear that
+// they moved up. Only an unreachable backend stops the release (which then
+// goes where the mode says); any other failure is logged and the locks are
+// released all the same: a closed pull must not keep them, and an entry left
+// behind expires.
 func (a *Adapter) leaveQueues(repoFullName string, pullNum int) error {
-	queues, _, ok := a.queues()
+	queues, policy, ok := a.queues()
 	if !ok {
 		return nil
 	}
+	var left []QueueEntry
 	err := a.call(func(ctx context.Context) error {
-		_, err := queues.LeaveQueues(ctx, repoFullName, pullNum)
+		var err error
+		left, err = queues.LeaveQueues(ctx, repoFullName, pullNum)
 		return err
 	}, 0)
+	if err == nil && len(left) > 0 {
+		policy.Left(left)
+	}
 	if errors.Is(err, ErrBackendUnavailable) {
 		return fmt.Errorf("leaving the lock queues of pull %s#%d: %w", repoFullName, pullNum, err)
 	}

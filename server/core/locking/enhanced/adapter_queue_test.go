@@ -2,6 +2,7 @@ package enhanced_test
 
 import (
 	"context"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ type planningPolicy struct {
 	planning map[int]bool
 	priority enhanced.Priority
 	queued   []enhanced.EnqueueResult
+	left     []enhanced.QueueEntry
 }
 
 func (p *planningPolicy) Classify(models.ProjectLock) (enhanced.Priority, time.Duration) {
@@ -40,6 +42,12 @@ func (p *planningPolicy) Queued(res enhanced.EnqueueResult) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.queued = append(p.queued, res)
+}
+
+func (p *planningPolicy) Left(entries []enhanced.QueueEntry) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.left = append(p.left, entries...)
 }
 
 func TestAdapter_QueuesPlansAndHandsOverOnRelease(t *testing.T) {
@@ -83,7 +91,8 @@ func TestAdapter_QueuesPlansAndHandsOverOnRelease(t *testing.T) {
 
 // TestAdapter_ClosedPullLeavesEveryQueue: closing or unlocking a queued pull
 // takes it out of its queues before anything is released, so it is never
-// handed a lock afterwards.
+// handed a lock afterwards, and the policy hears which entries left, so the
+// pulls behind them can be told they moved up.
 func TestAdapter_ClosedPullLeavesEveryQueue(t *testing.T) {
 	client := redistest.Start(t).Client(t)
 	policy := &planningPolicy{planning: map[int]bool{2: true}}
@@ -98,6 +107,13 @@ func TestAdapter_ClosedPullLeavesEveryQueue(t *testing.T) {
 	}
 	_, err := adapter.UnlockByPull("org/repo", 2)
 	Ok(t, err)
+	var left []string
+	for _, e := range policy.left {
+		Equals(t, 2, e.Lock.Pull.Num)
+		left = append(left, e.Lock.Project.Path)
+	}
+	sort.Strings(left)
+	Equals(t, []string{"a", "b"}, left)
 	_, err = adapter.UnlockByPull("org/repo", 1)
 	Ok(t, err)
 	locks, err := adapter.List()

@@ -23,4 +23,8 @@ type QueuePolicy interface {
 	// Queued hears of every request the adapter put in a queue, or found
 	// there already. It must not block: it is called on the lock path.
 	Queued(res EnqueueResult)
+	// Left hears of the entries a pull took out of their queues by leaving
+	// them (closed, merged, unlocked): the pulls behind them moved up. It
+	// must not block: it is called on the unlock path.
+	Left(entries []QueueEntry)
 }

@@ -111,6 +111,43 @@ func (n *Notifier) Queued(ctx context.Context, repo models.Repo, pullNum int) {
 	}
 }
 
+// QueuesMoved tells the pull that left queues (handed a lock, expired, or
+// gone) the places it still has, and every pull still waiting in them, whose
+// places moved up, its new ones: each pull once, bounded waiters never
+// (they are not told places).
+func (n *Notifier) QueuesMoved(ctx context.Context, left models.PullRequest, queues []enhanced.LockQueue) {
+	_ = n.PostPositions(ctx, left.BaseRepo, left.Num)
+	told := map[pullKey]bool{keyOf(left.BaseRepo.FullName, left.Num): true}
+	for _, q := range queues {
+		for _, e := range q.Entries {
+			k := keyOf(e.Lock.Pull.BaseRepo.FullName, e.Lock.Pull.Num)
+			if e.Synchronous || told[k] {
+				continue
+			}
+			told[k] = true
+			_ = n.PostPositions(ctx, e.Lock.Pull.BaseRepo, e.Lock.Pull.Num)
+		}
+	}
+}
+
+// LeftQueues is QueuesMoved for a pull whose entries left their queues by
+// its own doing (closed, unlocked): it reads what those queues hold now.
+func (n *Notifier) LeftQueues(ctx context.Context, entries []enhanced.QueueEntry) {
+	if len(entries) == 0 {
+		return
+	}
+	queues := make([]enhanced.LockQueue, 0, len(entries))
+	for _, e := range entries {
+		q, err := n.queues.Queue(ctx, e.Lock.Project, e.Lock.Workspace)
+		if err != nil {
+			n.logger.Warn("telling the pulls queued for %q their new places: reading the queue: %s", key(e.Lock), err)
+			continue
+		}
+		queues = append(queues, q)
+	}
+	n.QueuesMoved(ctx, entries[0].Lock.Pull, queues)
+}
+
 func (n *Notifier) failed(repo models.Repo, pullNum int, doing string, err error) error {
 	err = fmt.Errorf("telling pull %s#%d its lock queue positions: %s: %w", repo.FullName, pullNum, doing, err)
 	n.logger.Warn("%s", err)

@@ -25,6 +25,8 @@ type Policy struct {
 
 	mu   sync.Mutex
 	runs map[pullKey]*pullRun
+	// telling counts the notifications Left started.
+	telling sync.WaitGroup
 }
 
 var _ enhanced.QueuePolicy = (*Policy)(nil)
@@ -75,6 +77,27 @@ func (p *Policy) Queued(res enhanced.EnqueueResult) {
 	if run := p.runs[keyOf(lock.Pull.BaseRepo.FullName, lock.Pull.Num)]; run != nil {
 		run.queued = true
 	}
+}
+
+// Left implements enhanced.QueuePolicy: the pull that left hears that it
+// waits for nothing more and the pulls behind it their new places, in the
+// background, since it is called on the unlock path.
+func (p *Policy) Left(entries []enhanced.QueueEntry) {
+	if len(entries) == 0 {
+		return
+	}
+	p.telling.Add(1)
+	go func() {
+		defer p.telling.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
+		defer cancel()
+		p.notifier.LeftQueues(ctx, entries)
+	}()
+}
+
+// Wait returns once the notifications Left started have ended.
+func (p *Policy) Wait() {
+	p.telling.Wait()
 }
 
 // Track records that a command of the pull runs until the returned function

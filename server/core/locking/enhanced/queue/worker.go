@@ -247,17 +247,7 @@ func (w *Worker) ack(ctx context.Context, n enhanced.QueueNotice, q enhanced.Loc
 	if err := w.queues.AckNotice(ctx, n); err != nil {
 		return err
 	}
-	left := n.Entry.Lock.Pull
-	_ = w.notifier.PostPositions(ctx, left.BaseRepo, left.Num)
-	told := map[pullKey]bool{keyOf(left.BaseRepo.FullName, left.Num): true}
-	for _, e := range q.Entries {
-		k := keyOf(e.Lock.Pull.BaseRepo.FullName, e.Lock.Pull.Num)
-		if e.Synchronous || told[k] {
-			continue
-		}
-		told[k] = true
-		_ = w.notifier.PostPositions(ctx, e.Lock.Pull.BaseRepo, e.Lock.Pull.Num)
-	}
+	w.notifier.QueuesMoved(ctx, n.Entry.Lock.Pull, []enhanced.LockQueue{q})
 	return nil
 }
 

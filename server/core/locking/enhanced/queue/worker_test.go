@@ -380,3 +380,35 @@ func TestPolicy_TellsThePullsACriticalEntryWentAheadOf(t *testing.T) {
 	Equals(t, []string{"1 of 1", "2 of 3"}, placesOf(2))
 	Equals(t, []string{"2 of 2", "3 of 3"}, placesOf(3))
 }
+
+// TestPolicy_PullsBehindALeavingPullHearTheirNewPlaces: pull 2, first in
+// line, leaves its queues (unlocked or closed); pull 3 behind it is told it
+// is first now, and pull 2's position comment is hidden, with no new one.
+func TestPolicy_PullsBehindALeavingPullHearTheirNewPlaces(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newReplica(t, srv, true, time.Minute)
+	policy := queue.NewPolicy(queue.DefaultRules(), time.Hour, queue.NewNotifier(r.backend, r.vcs, true, nil))
+	ctx := context.Background()
+	mustLock(t, r.backend, pullLock("dir", 1))
+	enqueue(t, r.backend, pullLock("dir", 2), enhanced.PriorityNormal)
+	enqueue(t, r.backend, pullLock("dir", 3), enhanced.PriorityNormal)
+
+	left, err := r.backend.LeaveQueues(ctx, repo, 2)
+	Ok(t, err)
+	policy.Left(left)
+	policy.Wait()
+	comments := withPrefix(positions, r)
+	Equals(t, 1, len(comments))
+	Equals(t, 3, comments[0].pull)
+	Assert(t, strings.Contains(comments[0].body, "| 1 of 1 |"), "pull 3's new position not shown: %s", comments[0].body)
+	baseRepo := pullLock("dir", 2).Pull.BaseRepo
+	for _, pull := range []int{2, 3} {
+		r.vcs.VerifyWasCalledOnce().HidePrevCommandComments(pegomock.Any[logging.SimpleLogging](), pegomock.Eq(baseRepo), pegomock.Eq(pull),
+			pegomock.Eq("lock queue position"), pegomock.Eq(""))
+	}
+
+	// A pull that was in no queue moves nobody.
+	policy.Left(nil)
+	policy.Wait()
+	Equals(t, 1, len(withPrefix(positions, r)))
+}
