@@ -54,6 +54,7 @@ type harness struct {
 	r1    *testdrive.Replica
 	r2    *testdrive.Replica
 	repo  *vcssim.Repo
+	logs  *testLog
 
 	mu  sync.Mutex
 	prs []*vcssim.PullRequest
@@ -91,6 +92,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	h.rdb = h.redis.Client(t)
 
 	logs := newTestLog(t)
+	h.logs = logs
 	sim, err := vcssim.New(vcssim.Options{Logf: logs.simLogf})
 	Ok(t, err)
 	h.sim = sim
@@ -444,6 +446,24 @@ type testLog struct {
 	mu     sync.Mutex
 	closed bool
 	line   []byte
+	// kept are the lines containing keep, in full, for tests that read
+	// every line of a kind (the tail each replica keeps may lose some).
+	keep string
+	kept []string
+}
+
+// keepLines starts keeping the lines containing substr.
+func (l *testLog) keepLines(substr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.keep = substr
+}
+
+// keptLines returns the lines kept so far.
+func (l *testLog) keptLines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.kept...)
 }
 
 func newTestLog(t *testing.T) *testLog {
@@ -461,6 +481,9 @@ func (l *testLog) Write(p []byte) (int, error) {
 		}
 		line := string(l.line[:i])
 		l.line = l.line[i+1:]
+		if l.keep != "" && strings.Contains(line, l.keep) {
+			l.kept = append(l.kept, line)
+		}
 		if l.closed {
 			continue
 		}

@@ -46,6 +46,8 @@ const (
 	queuesKey        = "queues"
 	outboxKey        = "outbox"
 	outboxNoticesKey = "outbox:notices"
+	// commandLeasesKey lists the command leases held (backends/redis_keys.go).
+	commandLeasesKey = "cmdleases"
 )
 
 // releaseTimes is the enhanced backend's record of when each lock was last
@@ -290,6 +292,21 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 		case k == outboxKey, k == outboxNoticesKey:
 			// Notices on their way to their pulls; the queue tests check
 			// that they are delivered.
+		case strings.HasPrefix(k, "cmdlease{"), strings.HasPrefix(k, "cmdwait{"), strings.HasPrefix(k, "cmdwaitlive{"):
+			// A command's lease and its waiters: they lapse by themselves,
+			// so a replica that died leaves nothing for good.
+			// A release between listing the keys and this read leaves
+			// nothing (-2); only -1 means no expiry.
+			if d := ttl(k); d == -1 {
+				bad("command lease key %s does not expire", k)
+			}
+		case k == commandLeasesKey:
+			// Listing only; may name leases that lapsed since, pruned on read.
+			for _, m := range h.rdb.SMembers(ctx, k).Val() {
+				if !strings.HasPrefix(m, "cmdlease{") {
+					bad("command lease listing %s names %s, which is not a lease key", k, m)
+				}
+			}
 		case k == applyLockKey:
 		case k == deliveriesKey:
 			if d := ttl(k); d <= 0 || d > deliveryTTL {

@@ -97,6 +97,10 @@ func (r *leasedCommandRunner) run(repo models.Repo, pullNum int, name string, co
 		return
 	}
 	defer lease.Release()
+	// Logged while the lease is held, before it is released: the e2e suite
+	// reads these lines to check that no two commands of a pull overlap.
+	r.logger.Info("enhanced locking: %s of %s#%d starts, holding the pull's command lease", name, repo.FullName, pullNum)
+	defer r.logger.Info("enhanced locking: %s of %s#%d finished; releasing the pull's command lease", name, repo.FullName, pullNum)
 	returned := make(chan struct{})
 	defer close(returned)
 	go func() {

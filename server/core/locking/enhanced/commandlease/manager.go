@@ -35,7 +35,8 @@ type Options struct {
 	// WaitTimeout bounds how long a command waits for its pull's lease.
 	WaitTimeout time.Duration
 	// Poll is how often a waiting command asks again; zero means TTL/10,
-	// capped at one second.
+	// capped at a quarter of a second: how long the next command may sit
+	// idle after the one before it ended.
 	Poll   time.Duration
 	Logger logging.SimpleLogging
 	Scope  tally.Scope
@@ -88,7 +89,7 @@ func NewManager(store enhanced.CommandLeaseStore, opts Options) (*Manager, error
 		return nil, fmt.Errorf("the command lease wait timeout must be positive, got %s", opts.WaitTimeout)
 	}
 	if opts.Poll <= 0 {
-		opts.Poll = min(opts.TTL/10, time.Second)
+		opts.Poll = min(opts.TTL/10, 250*time.Millisecond)
 	}
 	if opts.Logger == nil {
 		opts.Logger = enhanced.NopLogger{}
