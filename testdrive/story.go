@@ -61,15 +61,17 @@ func tellStory(ctx context.Context, out io.Writer, sim *vcssim.Sim, redisAddr st
 	if err != nil {
 		return nil, err
 	}
-	if err := s.race(raceRounds); err != nil {
+	racers, err := s.race(raceRounds)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.leaveQueue(pr4, pr3); err != nil {
 		return nil, err
 	}
-	// PR #3 first: closing PR #4 first would hand PR #3 the lock and its
-	// plan on the way out.
-	return []*vcssim.PullRequest{pr3, pr4}, nil
+	// PR #3 before PR #4: closing PR #4 first would hand PR #3 the lock and
+	// its plan on the way out. Closing the racers, which hold nothing, drops
+	// their pull status from Redis.
+	return []*vcssim.PullRequest{pr3, pr4, racers[0], racers[1]}, nil
 }
 
 // queueAndHandOver is the first act: PR #1 locks the project, PR #2 on the

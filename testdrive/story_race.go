@@ -28,8 +28,9 @@ type raceTally struct {
 
 // race is the third act: two pulls comment `atlantis plan` on one project
 // at the same instant, one on each replica, rounds times, unlocking both
-// between rounds. It narrates the tally.
-func (s *story) race(rounds int) error {
+// between rounds. It narrates the tally and returns the two pulls, open,
+// holding nothing.
+func (s *story) race(rounds int) ([2]*vcssim.PullRequest, error) {
 	lock := lockName(raceProject)
 	s.say("A race: PRs #5 and #6 both change %s/; %d times, both comment `atlantis plan` at the same instant, one on each replica", raceProject, rounds)
 	var prs [2]*vcssim.PullRequest
@@ -38,7 +39,7 @@ func (s *story) race(rounds int) error {
 		// the race.
 		pr, err := s.sim.OpenPullRequest(s.repo, 5+i, branch, changeIn(raceProject, branch), "race-team")
 		if err != nil {
-			return err
+			return prs, err
 		}
 		prs[i] = pr
 	}
@@ -50,7 +51,7 @@ func (s *story) race(rounds int) error {
 			replicas = [2]*Replica{s.r2, s.r1}
 		}
 		if err := s.raceRound(round, prs, replicas, &tally); err != nil {
-			return err
+			return prs, err
 		}
 	}
 	s.saw("PR #%d won %d rounds, PR #%d won %d.", prs[0].Number, tally.wins[prs[0].Number], prs[1].Number, tally.wins[prs[1].Number])
@@ -61,7 +62,7 @@ func (s *story) race(rounds int) error {
 	}
 	s.saw("Rounds in which Redis named another holder than the pull that planned: %d.", tally.redisDisagreed)
 	s.saw("%s is free again.", lock)
-	return nil
+	return prs, nil
 }
 
 // raceRound plays one round: prs[i] comments `atlantis plan` through
