@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runatlantis/atlantis/server/core/boltdb"
 	"github.com/runatlantis/atlantis/server/events"
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
@@ -195,4 +196,36 @@ func TestPullStopper_StopsTheLostPullsProcessesOnly(t *testing.T) {
 	close(returned)
 	<-stopped
 	Ok(t, syscall.Kill(other.Process.Pid, 0)) // another pull's process keeps running
+}
+
+// The queue's re-plans enter through the leased runner: a re-plan for a
+// pull whose command runs elsewhere waits for it.
+func TestQueueReplansWaitForThePullsCommandLease(t *testing.T) {
+	store := backends.NewMemoryCommandLeases()
+	other, err := commandlease.NewManager(store, commandlease.Options{Replica: "other", TTL: 10 * time.Second, WaitTimeout: time.Minute})
+	Ok(t, err)
+	held, err := other.Acquire(t.Context(), enhanced.PullRef{RepoFullName: "org/repo", Num: 5}, "atlantis apply")
+	Ok(t, err)
+
+	runner := newTestLeasedRunner(t, store, nil, time.Minute)
+	ran := make(chan struct{})
+	runner.next = runFunc(func() { close(ran) })
+	database, err := boltdb.New(t.TempDir())
+	Ok(t, err)
+	defer database.Close() // nolint: errcheck
+	lock := models.ProjectLock{Project: models.NewProject("org/repo", "dir", ""), Workspace: "default",
+		Pull: models.PullRequest{Num: 5, BaseRepo: models.Repo{FullName: "org/repo"}}}
+	go func() { _ = commandPlanner{runner: runner, pulls: database}.Replan(t.Context(), lock) }()
+
+	select {
+	case <-ran:
+		t.Fatal("the re-plan ran while another command of its pull held the lease")
+	case <-time.After(300 * time.Millisecond):
+	}
+	held.Release()
+	select {
+	case <-ran:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the re-plan never ran after the lease was released")
+	}
 }
