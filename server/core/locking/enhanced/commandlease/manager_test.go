@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	. "github.com/runatlantis/atlantis/testing"
+	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
@@ -105,7 +106,13 @@ func TestManager_WaitRunsOutWithTheHolderNamed(t *testing.T) {
 			holder, err := newManager(t, store, "r1", 10*time.Second, time.Minute).Acquire(context.Background(), pull, "apply")
 			Ok(t, err)
 			defer holder.Release()
-			_, err = newManager(t, store, "r2", 10*time.Second, 200*time.Millisecond).Acquire(context.Background(), pull, "plan")
+			scope := tally.NewTestScope("", nil)
+			waiting, err := commandlease.NewManager(store, commandlease.Options{Replica: "r2", TTL: 10 * time.Second, WaitTimeout: 200 * time.Millisecond, Poll: 20 * time.Millisecond, Scope: scope})
+			Ok(t, err)
+			_, err = waiting.Acquire(context.Background(), pull, "plan")
+			counters := scope.Snapshot().Counters()
+			Equals(t, int64(1), counters["command_lease.waits_total+"].Value())
+			Equals(t, int64(1), counters["command_lease.refused_total+"].Value())
 			var timeout *commandlease.WaitTimeoutError
 			Assert(t, errors.As(err, &timeout), "want a wait timeout, got %v", err)
 			Equals(t, "apply", timeout.Holder.Command)
@@ -198,11 +205,14 @@ func (stolen) RenewCommandLease(context.Context, enhanced.PullRef, string, time.
 func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
 	store := stolen{backends.NewMemoryCommandLeases()}
 	const ttl = 300 * time.Millisecond
-	m := newManager(t, store, "r1", ttl, time.Minute)
+	scope := tally.NewTestScope("", nil)
+	m, err := commandlease.NewManager(store, commandlease.Options{Replica: "r1", TTL: ttl, WaitTimeout: time.Minute, Poll: 20 * time.Millisecond, Scope: scope})
+	Ok(t, err)
 	l, err := m.Acquire(context.Background(), pull, "plan")
 	Ok(t, err)
 	<-l.Lost()
 	Equals(t, commandlease.ErrLeaseLost, l.Err())
+	Equals(t, int64(1), scope.Snapshot().Counters()["command_lease.lost_total+"].Value())
 
 	// The store frees the lease once it expires; this replica's next command
 	// still waits for the one that lost it to return.
