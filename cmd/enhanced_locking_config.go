@@ -86,6 +86,9 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 	if c.Features.CommandLeaseTTL < minCommandLeaseTTL {
 		return fmt.Errorf("invalid --%s %s: use %s or more, such as the default %s", EnhancedLockingCommandLeaseTTLFlag, c.Features.CommandLeaseTTL, minCommandLeaseTTL, commandlease.DefaultTTL)
 	}
+	if c.Features.StaleLockReaperDryRun && !c.Features.StaleLockReaper {
+		return fmt.Errorf("--%s only applies to the stale-lock reaper: add --%s=true or drop it", EnhancedLockingReaperDryRunFlag, EnhancedLockingReaperFlag)
+	}
 	if c.Enabled && !c.Features.PriorityQueue {
 		for _, f := range []struct {
 			set  bool

@@ -35,7 +35,9 @@ type Server struct {
 	queue *lockQueue
 	// leases run one command per pull across the fleet; nil when enhanced
 	// locking is off.
-	leases              *commandlease.Manager
+	leases *commandlease.Manager
+	// leaseStore keeps the command leases, and the reaper's turns.
+	leaseStore          enhanced.CommandLeaseStore
 	githubWebhookSecret string
 	// apiSecret is upstream's --api-secret: our API routes check it as
 	// upstream's API does.
@@ -103,7 +105,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		backend.Close() // nolint: errcheck
 		return err
 	}
-	s.leases = leases.leases
+	s.leases, s.leaseStore = leases.leases, leases.store
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,
 		SeparateLegacyLocks: backend.separateFromLegacy,
@@ -224,6 +226,9 @@ func (s *Server) Start() error {
 	s.watchBackend(ctx)
 	if s.queue != nil {
 		s.queue.start()
+	}
+	if err := s.startReaper(ctx); err != nil {
+		return err
 	}
 	err := s.Server.Start()
 	s.queue.stop()

@@ -80,6 +80,14 @@ type LockingFeaturesConfig struct {
 	// CommandWaitTimeout bounds how long a command waits for another command
 	// of its pull to finish.
 	CommandWaitTimeout time.Duration
+	// StaleLockReaper releases the locks and queue entries of closed or
+	// merged pulls every StaleLockReaperInterval, asking the VCS at most
+	// StaleLockReaperCallsPerMinute times a minute; with
+	// StaleLockReaperDryRun it only logs what it would release.
+	StaleLockReaper               bool
+	StaleLockReaperInterval       time.Duration
+	StaleLockReaperDryRun         bool
+	StaleLockReaperCallsPerMinute int
 }
 
 // FallbackConfig says what to do while the enhanced backend is unreachable.
@@ -104,12 +112,14 @@ func DefaultEnhancedLockingConfig() EnhancedLockingConfig {
 			DialTimeout: 5 * time.Second,
 		},
 		Features: LockingFeaturesConfig{
-			QueueTimeout:       24 * time.Hour,
-			DeadlockResolution: DeadlockResolutionNotify,
-			RetryMaxAttempts:   3,
-			RetryBackoff:       200 * time.Millisecond,
-			CommandLeaseTTL:    commandlease.DefaultTTL,
-			CommandWaitTimeout: commandlease.DefaultWaitTimeout,
+			QueueTimeout:                  24 * time.Hour,
+			DeadlockResolution:            DeadlockResolutionNotify,
+			RetryMaxAttempts:              3,
+			RetryBackoff:                  200 * time.Millisecond,
+			CommandLeaseTTL:               commandlease.DefaultTTL,
+			CommandWaitTimeout:            commandlease.DefaultWaitTimeout,
+			StaleLockReaperInterval:       time.Hour,
+			StaleLockReaperCallsPerMinute: 60,
 		},
 		Fallback:    FallbackConfig{Mode: FallbackNone},
 		Performance: PerformanceConfig{HealthCheckInterval: 10 * time.Second},
