@@ -41,7 +41,7 @@ func claimNotices(t testing.TB, b *BoltDB) []enhanced.QueueNotice {
 	return notices
 }
 
-func holderOf(t testing.TB, b *BoltDB, lock models.ProjectLock) int {
+func holderOf(t testing.TB, b enhanced.Backend, lock models.ProjectLock) int {
 	t.Helper()
 	got, err := b.GetLock(context.Background(), lock.Project, lock.Workspace)
 	Ok(t, err)
