@@ -66,8 +66,7 @@ type Worker struct {
 	wake chan struct{}
 	// plans serialises re-plans per pull: projects of one pull handed over
 	// together plan one after the other, as one pull's commands do.
-	plansMu sync.Mutex
-	plans   map[pullKey]*pullPlans
+	plans   pullMutexes
 	running sync.WaitGroup
 }
 
@@ -96,7 +95,6 @@ func NewWorker(queues enhanced.QueueBackend, notifier *Notifier, planner Planner
 		opts:     opts,
 		metrics:  newMetrics(opts.Scope),
 		wake:     make(chan struct{}, 1),
-		plans:    map[pullKey]*pullPlans{},
 	}
 }
 
@@ -251,37 +249,17 @@ func (w *Worker) ack(ctx context.Context, n enhanced.QueueNotice, q enhanced.Loc
 	return nil
 }
 
-// pullPlans serialises one pull's re-plans; users counts the re-plans
-// holding or waiting for it, so it is dropped when none is left.
-type pullPlans struct {
-	sync.Mutex
-	users int
-}
-
 // replan runs the plan in the background, after any other re-plan of the
 // same pull.
 func (w *Worker) replan(lock models.ProjectLock) {
 	k := keyOf(lock.Pull.BaseRepo.FullName, lock.Pull.Num)
-	w.plansMu.Lock()
-	p := w.plans[k]
-	if p == nil {
-		p = &pullPlans{}
-		w.plans[k] = p
-	}
-	p.users++
-	w.plansMu.Unlock()
 	w.metrics.replansStarted.Inc(1)
 	w.running.Add(1)
 	go func() {
 		defer w.running.Done()
-		p.Lock()
+		unlock := w.plans.lock(k)
 		err := w.planner.Replan(context.Background(), lock)
-		p.Unlock()
-		w.plansMu.Lock()
-		if p.users--; p.users == 0 {
-			delete(w.plans, k)
-		}
-		w.plansMu.Unlock()
+		unlock()
 		if err != nil {
 			w.metrics.replansFailed.Inc(1)
 			w.opts.Logger.Warn("re-planning %q for pull %d, which was handed its lock: %s", key(lock), lock.Pull.Num, err)
