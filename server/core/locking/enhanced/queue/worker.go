@@ -26,13 +26,18 @@ type NoticeWatcher interface {
 	WatchNotices(ctx context.Context) <-chan struct{}
 }
 
+// DefaultNoticeLease is how long a claimed notice is one replica's to deliver
+// unless --enhanced-locking-queue-notice-lease says otherwise.
+const DefaultNoticeLease = 2 * time.Minute
+
 // WorkerOptions configures a Worker. Zero values take the defaults.
 type WorkerOptions struct {
 	// AutoPlan re-plans the project for the pull handed its lock.
 	AutoPlan bool
 	// Lease is how long a claimed notice is this replica's to deliver before
-	// another may take it over (default 2m). It must outlast the comment
-	// calls of one delivery.
+	// another may take it over (default DefaultNoticeLease). It must outlast
+	// the comment calls of one delivery, or another replica may post the
+	// same comment again.
 	Lease time.Duration
 	// Poll is how often due notices are claimed without an announcement
 	// (default 5s): a replica that died mid-delivery is taken over within
@@ -74,7 +79,7 @@ type Worker struct {
 // opts.AutoPlan is off.
 func NewWorker(queues enhanced.QueueBackend, notifier *Notifier, planner Planner, opts WorkerOptions) *Worker {
 	if opts.Lease <= 0 {
-		opts.Lease = 2 * time.Minute
+		opts.Lease = DefaultNoticeLease
 	}
 	if opts.Poll <= 0 {
 		opts.Poll = 5 * time.Second
