@@ -31,6 +31,7 @@ const (
 	EnhancedLockingPriorityQueueFlag       = "enhanced-locking-priority-queue"
 	EnhancedLockingPriorityRulesFlag       = "enhanced-locking-priority-rules"
 	EnhancedLockingQueueTimeoutFlag        = "enhanced-locking-queue-timeout"
+	EnhancedLockingQueueNoticeLeaseFlag    = "enhanced-locking-queue-notice-lease"
 	EnhancedLockingWaitTimeoutFlag         = "enhanced-locking-wait-timeout"
 	EnhancedLockingAutoPlanFlag            = "enhanced-locking-auto-plan"
 	EnhancedLockingCommandLeaseTTLFlag     = "enhanced-locking-command-lease-ttl"
@@ -174,6 +175,12 @@ var enhancedFlags = []enhancedFlag{
 		description: "How long a queued pull waits for a lock before its entry expires, as a Go duration.",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Features.QueueTimeout.String() },
 		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.QueueTimeout = v }),
+	},
+	{
+		name:        EnhancedLockingQueueNoticeLeaseFlag,
+		description: "How long a replica that took a lock hand-over or expiry to announce has to comment (and start the re-plan) before another replica takes it over: a replica that dies meanwhile delays the announcement this long at most; shorter than one delivery's VCS calls, the comment may be posted twice.",
+		get:         func(c server.EnhancedLockingConfig) string { return c.Features.QueueNoticeLease.String() },
+		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.QueueNoticeLease = v }),
 	},
 	{
 		name:        EnhancedLockingWaitTimeoutFlag,

@@ -79,6 +79,7 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 		"--enhanced-locking-priority-queue",
 		"--enhanced-locking-priority-rules="+rules,
 		"--enhanced-locking-queue-timeout=3h",
+		"--enhanced-locking-queue-notice-lease=90s",
 		"--enhanced-locking-wait-timeout=4s",
 		"--enhanced-locking-auto-plan",
 		"--enhanced-locking-deadlock-detection",
@@ -104,7 +105,7 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 			KeyPrefix: "team-a:", PoolSize: 7, DialTimeout: 2 * time.Second,
 		},
 		Features: server.LockingFeaturesConfig{
-			PriorityQueue: true, PriorityRulesFile: rules, QueueTimeout: 3 * time.Hour, WaitTimeout: 4 * time.Second,
+			PriorityQueue: true, PriorityRulesFile: rules, QueueTimeout: 3 * time.Hour, QueueNoticeLease: 90 * time.Second, WaitTimeout: 4 * time.Second,
 			AutoPlan: true, DeadlockDetection: true, DeadlockResolution: "release-victim",
 			RetryMechanism: true, RetryMaxAttempts: 5, RetryBackoff: 50 * time.Millisecond,
 			CommandLeaseTTL: 45 * time.Second, CommandWaitTimeout: 20 * time.Minute,
@@ -131,6 +132,7 @@ func TestServerCmd_Precedence(t *testing.T) {
 	Equals(t, 33*time.Second, creator.enhanced.Features.WaitTimeout) // flag over env
 	Equals(t, []string{"a:1", "b:2"}, creator.enhanced.Redis.Addrs)  // YAML list
 	Equals(t, 24*time.Hour, creator.enhanced.Features.QueueTimeout)  // default
+	Equals(t, 2*time.Minute, creator.enhanced.Features.QueueNoticeLease)
 }
 
 func TestServerCmd_BadInput(t *testing.T) {
@@ -169,6 +171,8 @@ func TestServerCmd_BadInput(t *testing.T) {
 			nil, `--enhanced-locking-stale-lock-reaper-dry-run only applies to the stale-lock reaper: add --enhanced-locking-stale-lock-reaper=true or drop it`},
 		{"no reaper calls", []string{"--enhanced-locking-stale-lock-reaper-calls-per-minute=0"},
 			nil, `invalid --enhanced-locking-stale-lock-reaper-calls-per-minute "0"`},
+		{"queue notice lease shorter than a second", []string{"--enhanced-locking-queue-notice-lease=200ms"},
+			nil, `invalid --enhanced-locking-queue-notice-lease 200ms: use 1s or more, such as the default 2m0s`},
 		{"zero command wait", []string{"--enhanced-locking-command-wait-timeout=0s"},
 			nil, `invalid --enhanced-locking-command-wait-timeout "0s": use a duration greater than zero`},
 		{"negative wait", []string{"--enhanced-locking-wait-timeout=-1s"},

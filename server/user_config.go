@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 )
 
 // Values of EnhancedLockingConfig.Backend.
@@ -74,6 +75,10 @@ type LockingFeaturesConfig struct {
 	RetryMechanism     bool
 	RetryMaxAttempts   int
 	RetryBackoff       time.Duration
+	// QueueNoticeLease is how long a replica that claimed a queue notice has
+	// to deliver it before another replica takes it over
+	// (queue.WorkerOptions.Lease).
+	QueueNoticeLease time.Duration
 	// CommandLeaseTTL is how long a pull's command lease outlives its last
 	// renewal (commandlease.Options.TTL).
 	CommandLeaseTTL time.Duration
@@ -113,6 +118,7 @@ func DefaultEnhancedLockingConfig() EnhancedLockingConfig {
 		},
 		Features: LockingFeaturesConfig{
 			QueueTimeout:                  24 * time.Hour,
+			QueueNoticeLease:              queue.DefaultNoticeLease,
 			DeadlockResolution:            DeadlockResolutionNotify,
 			RetryMaxAttempts:              3,
 			RetryBackoff:                  200 * time.Millisecond,
