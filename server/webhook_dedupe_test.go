@@ -605,3 +605,82 @@ func TestDeliveryDeduperOversizeBody(t *testing.T) {
 	Equals(t, len(body), len(f.received[1]))
 	Equals(t, int64(0), client.Exists(context.Background(), f.d.recordsKey()).Val())
 }
+
+// TestDeliveryRacingReplicas: copies of one delivery reach two replicas at
+// once, for each host; exactly one copy is handled. The copy being handled
+// is held inside upstream until every other copy was answered, so they are
+// all refused by its claim, not by a confirmed record.
+func TestDeliveryRacingReplicas(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	const replicas, copiesEach = 2, 4
+	cases := []struct {
+		description string
+		delivery    webhook
+	}{
+		{"GitHub", webhook{id: guid1, body: `{"action":"created"}`}},
+		{"GitLab", webhook{host: hostGitLab, event: "Note Hook", id: guid1, body: gitlabNote}},
+		{"GitLab without Idempotency-Key", webhook{host: hostGitLab, eventUUID: guid1, body: gitlabMR}},
+		{"Gitea", webhook{host: hostGitea, id: guid1, body: `{"action":"created"}`}},
+	}
+	for _, c := range cases {
+		t.Run(c.description, func(t *testing.T) {
+			Ok(t, client.FlushAll(context.Background()).Err())
+			var (
+				mu         sync.Mutex
+				settled    = sync.NewCond(&mu)
+				inUpstream int // copies upstream is handling
+				answered   int // copies answered without upstream
+			)
+			upstream := func(w http.ResponseWriter, _ *http.Request) {
+				mu.Lock()
+				inUpstream++
+				settled.Broadcast()
+				// Every copy is either here or answered: none is still on
+				// its way to a claim. A second copy let through would be
+				// here too, so this never waits for good.
+				for inUpstream+answered < replicas*copiesEach {
+					settled.Wait()
+				}
+				mu.Unlock()
+				w.WriteHeader(http.StatusAccepted)
+			}
+			var ds []*deliveryDeduper
+			for i := 0; i < replicas; i++ {
+				f := newDedupeFixture(t, client, testSecret)
+				f.d.next = upstream
+				ds = append(ds, f.d)
+			}
+			start := make(chan struct{})
+			codes := make(chan int, replicas*copiesEach)
+			var wg sync.WaitGroup
+			for i := 0; i < replicas*copiesEach; i++ {
+				req := c.delivery.request()
+				d := ds[i%replicas]
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					rec := httptest.NewRecorder()
+					d.ServeHTTP(rec, req)
+					// Upstream answers 202: any other answer came without it.
+					if rec.Code != http.StatusAccepted {
+						mu.Lock()
+						answered++
+						settled.Broadcast()
+						mu.Unlock()
+					}
+					codes <- rec.Code
+				}()
+			}
+			close(start)
+			wg.Wait()
+			close(codes)
+			count := map[int]int{}
+			for code := range codes {
+				count[code]++
+			}
+			Equals(t, map[int]int{http.StatusAccepted: 1, http.StatusOK: replicas*copiesEach - 1}, count)
+			Equals(t, int64(1), client.ZCard(context.Background(), ds[0].recordsKey()).Val())
+		})
+	}
+}
