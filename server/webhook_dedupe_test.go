@@ -648,6 +648,8 @@ func TestDeliveryRacingReplicas(t *testing.T) {
 			for i := 0; i < replicas; i++ {
 				f := newDedupeFixture(t, client, testSecret)
 				f.d.next = upstream
+				// The fixture's log history is not safe for concurrent use.
+				f.d.logger = logging.NewNoopLogger(t)
 				ds = append(ds, f.d)
 			}
 			start := make(chan struct{})
