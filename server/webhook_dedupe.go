@@ -108,8 +108,9 @@ func (d *deliveryDeduper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !deliveryIDPattern.MatchString(dl.id) {
 		// The host always sends this form, so the host did not send this
 		// request as it is. It claims nothing, so whatever sent it gets
-		// upstream's plain behaviour; yet where the record is named by more
-		// than the ID, a delivery already handled is still refused.
+		// upstream's plain behaviour; yet where the record is named without
+		// the ID (by a signed body), a delivery already handled is still
+		// refused.
 		d.logger.Warn("%s %s is not a %s as %s sends: handling this webhook without de-duplication", dl.header, quoteForLog(dl.id), src.idName, host)
 		if !dl.namedByID {
 			seen, err := d.seen(r.Context(), dl.record)
