@@ -30,12 +30,13 @@ const (
 //     which has user e-mail addresses redacted (and an oversize body
 //     replaced), so a resent body is not the body first sent.
 //   - X-Gitlab-Event-UUID (older GitLab, without Idempotency-Key): a UUID
-//     that names the request or job that ran the hooks, not one delivery.
-//     Hooks run by a webhook's own API call back into GitLab share it, so two
-//     different events can carry one value, and a resend gets a new one.
-//     Alone it would merge different events, so the record is the event
-//     type, this UUID and the body: it refuses only an exact copy of a
-//     request (a proxy or relay sending it twice), never a different event.
+//     for GitLab's recursion detection, not for one delivery. The hooks that
+//     a webhook receiver's own API calls back into GitLab set off carry the
+//     UUID of the webhook that started them, so two different events can
+//     carry one value, and a resend gets a new one. Alone it would merge
+//     different events, so the record is the event type, this UUID and the
+//     body: it refuses only an exact copy of a request (a proxy or relay
+//     sending it twice), never a different event.
 //
 // Either way the record is named by the ID, so a request whose ID is
 // malformed claims nothing and is not looked up either. GitHub's rule of

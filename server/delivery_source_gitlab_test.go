@@ -58,7 +58,7 @@ func TestGitlabDeliveries(t *testing.T) {
 			expLog:      []string{"GitLab delivery " + guid1 + " was already handled by a replica; ignoring this copy"},
 		},
 		{
-			description: "older GitLab: another event under the same X-Gitlab-Event-UUID (hooks run by one API call) is handled",
+			description: "older GitLab: another event under the same X-Gitlab-Event-UUID (hooks set off by a receiver calling back) is handled",
 			before:      []webhook{{host: hostGitLab, eventUUID: guid1, body: gitlabMR}},
 			then:        []webhook{{host: hostGitLab, eventUUID: guid1, body: gitlabMR2}},
 			expCodes:    []int{http.StatusAccepted},
