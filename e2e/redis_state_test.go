@@ -46,8 +46,6 @@ const (
 	queuesKey        = "queues"
 	outboxKey        = "outbox"
 	outboxNoticesKey = "outbox:notices"
-	// commandLeasesKey lists the command leases held (backends/redis_keys.go).
-	commandLeasesKey = "cmdleases"
 )
 
 // commandLeasesKey lists the pulls' command leases (cmdlease{repo::num}),
@@ -292,14 +290,6 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 			// them (backends/redis_queue.go); the entries themselves, in
 			// w{…} and qm{…}, belong to live locks, as checked above.
 			membersStartWith(k, "pr/", "queues index", "a lock key")
-		case strings.HasPrefix(k, "cmdlease{"), strings.HasPrefix(k, "cmdwait{"), strings.HasPrefix(k, "cmdwaitlive{"):
-			// A pull's command lease and the commands waiting for it, while
-			// a command of the pull runs (the queue's re-plans included).
-			if d := ttl(k); d <= 0 {
-				bad("command lease key %s does not expire (ttl %s)", k, d)
-			}
-		case k == commandLeasesKey:
-			membersStartWith(k, "cmdlease{", "command lease list", "a command lease key")
 		case k == outboxKey, k == outboxNoticesKey:
 			// Notices on their way to their pulls; the queue tests check
 			// that they are delivered.

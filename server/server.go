@@ -37,8 +37,11 @@ type Server struct {
 	// locking is off.
 	leases *commandlease.Manager
 	// leaseStore keeps the command leases, and the reaper's turns.
-	leaseStore          enhanced.CommandLeaseStore
-	githubWebhookSecret string
+	leaseStore enhanced.CommandLeaseStore
+	// webhookSecrets are upstream's --gh-webhook-secret,
+	// --gitlab-webhook-secret and --gitea-webhook-secret: the delivery
+	// de-duplication claims only requests that pass upstream's check of them.
+	webhookSecrets webhookSecrets
 	// apiSecret is upstream's --api-secret: our API routes check it as
 	// upstream's API does.
 	apiSecret []byte
@@ -51,7 +54,16 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Server: srv, Config: cfg, githubWebhookSecret: userConfig.GithubWebhookSecret, apiSecret: []byte(userConfig.APISecret)}
+	s := &Server{
+		Server: srv,
+		Config: cfg,
+		webhookSecrets: webhookSecrets{
+			github: []byte(userConfig.GithubWebhookSecret),
+			gitlab: []byte(userConfig.GitlabWebhookSecret),
+			gitea:  []byte(userConfig.GiteaWebhookSecret),
+		},
+		apiSecret: []byte(userConfig.APISecret),
+	}
 	if !cfg.Enabled {
 		srv.Logger.Info("enhanced locking is off: locks use the legacy %s database", userConfig.LockingDBType)
 		copyLocksForRollback(cfg, userConfig, srv.LocksController.Database, srv.Logger)
