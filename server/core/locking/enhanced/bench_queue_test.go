@@ -12,6 +12,7 @@ import (
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
 	. "github.com/runatlantis/atlantis/testing"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
@@ -56,15 +57,47 @@ type queueBackend interface {
 type queueSide struct {
 	name    string
 	backend queueBackend
+	// ref times the unit of cost the side's operations are made of, which
+	// the hand-over is also reported in: one synced bbolt write on the same
+	// disk, or one PING round trip to the same Redis.
+	refName string
+	ref     func() time.Duration
 }
 
 func queueSides(t *testing.T) []queueSide {
-	bolt := backends.NewBoltDB(guard(t, openBolt(t, t.TempDir())), nil)
+	dir := t.TempDir()
+	bolt := backends.NewBoltDB(guard(t, openBolt(t, dir)), nil)
 	t.Cleanup(func() { bolt.Close() }) // nolint: errcheck
-	Ok(t, bolt.OpenQueues(filepath.Join(t.TempDir(), "enhanced-locking-queue.db")))
+	Ok(t, bolt.OpenQueues(filepath.Join(dir, "enhanced-locking-queue.db")))
+	client := redistest.Start(t).Client(t)
 	return []queueSide{
-		{"boltdb", bolt},
-		{"redis", openRedis(t, redistest.Start(t).Client(t))},
+		{"boltdb", bolt, "bbolt-write", boltWrite(t, filepath.Join(dir, "reference.db"))},
+		{"redis", openRedis(t, client), "ping", func() time.Duration {
+			start := time.Now()
+			Ok(t, client.Ping(context.Background()).Err())
+			return time.Since(start)
+		}},
+	}
+}
+
+// boltWrite returns a function that times one synced write to a bbolt file
+// at path.
+func boltWrite(t *testing.T, path string) func() time.Duration {
+	db, err := bolt.Open(path, 0o600, nil)
+	Ok(t, err)
+	t.Cleanup(func() { db.Close() }) // nolint: errcheck
+	n := 0
+	return func() time.Duration {
+		n++
+		start := time.Now()
+		Ok(t, db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte("reference"))
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte(fmt.Sprintf("%08d", n)), []byte("value"))
+		}))
+		return time.Since(start)
 	}
 }
 
@@ -175,9 +208,15 @@ func benchQueueDepths(t *testing.T, side queueSide) {
 	}
 	handOvers := make([][]time.Duration, len(queueDepths))
 	enqueues := make([][]time.Duration, len(queueDepths))
+	var refs []time.Duration
 	// Per round, each depth's median, for the per-round ratios.
-	var handRatios, enqRatios []float64
+	var handRatios, enqRatios, refRatios []float64
 	for round := range queueRounds {
+		var roundRef []time.Duration
+		for range queueBlock {
+			roundRef = append(roundRef, side.ref())
+		}
+		refs = append(refs, roundRef...)
 		roundHand := make([]time.Duration, len(queueDepths))
 		roundEnq := make([]time.Duration, len(queueDepths))
 		for j := range queueDepths {
@@ -189,6 +228,7 @@ func benchQueueDepths(t *testing.T, side queueSide) {
 		deep, shallow := slices.Index(queueDepths, 1000), slices.Index(queueDepths, 10)
 		handRatios = append(handRatios, float64(roundHand[deep])/float64(roundHand[shallow]))
 		enqRatios = append(enqRatios, float64(roundEnq[deep])/float64(roundEnq[shallow]))
+		refRatios = append(refRatios, float64(roundHand[0])/float64(median(roundRef)))
 	}
 	hand, enq := fmt.Sprintf("queue-handover %s", side.name), fmt.Sprintf("queue-enqueue %s", side.name)
 	for i, d := range queueDepths {
@@ -196,6 +236,7 @@ func benchQueueDepths(t *testing.T, side queueSide) {
 		enq += fmt.Sprintf(" depth=%d:p50=%s,p99=%s,ops/s=%.0f", d, us(percentile(enqueues[i], 50)), us(percentile(enqueues[i], 99)), perSecond(median(enqueues[i])))
 	}
 	benchLine(t, "%s depth1000/depth10=%.2fx (median of %d rounds of %d)", hand, median(handRatios), queueRounds, queueBlock)
+	benchLine(t, "queue-handover-cost %s %s:p50=%s,p99=%s depth1-handover/%s=%.2fx (median of %d rounds)", side.name, side.refName, us(percentile(refs, 50)), us(percentile(refs, 99)), side.refName, median(refRatios), queueRounds)
 	benchLine(t, "%s depth1000/depth10=%.2fx (median of %d rounds of %d)", enq, median(enqRatios), queueRounds, queueBlock)
 }
 
