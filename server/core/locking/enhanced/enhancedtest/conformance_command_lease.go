@@ -84,6 +84,16 @@ func RunCommandLeaseConformance(t *testing.T, newStore func(t *testing.T) enhanc
 			Ok(t, s.ReleaseCommandLease(context.Background(), pull, "a"))
 			Assert(t, try(t, s, ask("c", longLease, longLease)).Granted, "the dead waiter holds nobody up")
 		}},
+		{"a waiter asking with a short waiter TTL costs the others nothing", func(t *testing.T, s enhanced.CommandLeaseStore) {
+			try(t, s, ask("a", longLease, longLease))
+			try(t, s, ask("b", longLease, longLease))
+			try(t, s, ask("brief", longLease, shortLease))
+			time.Sleep(leaseLapse)
+			Equals(t, 1, try(t, s, ask("c", longLease, longLease)).Ahead) // b kept its place
+			Ok(t, s.ReleaseCommandLease(context.Background(), pull, "a"))
+			Assert(t, !try(t, s, ask("c", longLease, longLease)).Granted, "c arrived after b")
+			Assert(t, try(t, s, ask("b", longLease, longLease)).Granted, "b kept its place")
+		}},
 		{"a waiter that gives up leaves the line", func(t *testing.T, s enhanced.CommandLeaseStore) {
 			try(t, s, ask("a", longLease, longLease))
 			try(t, s, ask("b", longLease, longLease))

@@ -42,7 +42,12 @@ end
 
 redis.call('HSET', KEYS[3], token, now + waiter_ttl)
 -- The wait line outlives its last waiter by little: nobody asking means
--- nobody waiting.
-redis.call('PEXPIRE', KEYS[2], 2 * waiter_ttl)
-redis.call('PEXPIRE', KEYS[3], 2 * waiter_ttl)
+-- nobody waiting. A waiter only ever lengthens it: one asking with a shorter
+-- waiter TTL than the others (another replica's setting) must not expire
+-- their places along with its own.
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  if redis.call('PTTL', key) < 2 * waiter_ttl then
+    redis.call('PEXPIRE', key, 2 * waiter_ttl)
+  end
+end
 return {0, redis.call('ZRANK', KEYS[2], token), holder[1] or '', holder[2] or '', holder[3] or '', holder[4] or ''}
