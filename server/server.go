@@ -18,6 +18,7 @@ import (
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
+	lockevents "github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
@@ -116,7 +117,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		BackendUnavailable:  backend.reportUnavailable,
 		Logger:              s.Logger,
 		Scope:               scope,
-		Events:              enhanced.PublisherFunc(s.logEvent),
+		Events:              lockevents.PublisherFunc(s.logEvent),
 	})
 	if backend.health != nil {
 		backend.health.OnChange(func(_, now healthReport) {
@@ -272,9 +273,9 @@ func (s *Server) retryRecovery(ctx context.Context) {
 	}
 }
 
-func (s *Server) logEvent(e enhanced.Event) {
+func (s *Server) logEvent(e lockevents.Event) {
 	switch e.Type {
-	case enhanced.EventLockConflict, enhanced.EventMirrorFailed:
+	case lockevents.EventLockConflict, lockevents.EventMirrorFailed:
 		s.Logger.Warn("enhanced locking event %s: lock=%v current=%v err=%v", e.Type, e.Lock, e.Current, e.Err)
 	default:
 		s.Logger.Info("enhanced locking event %s", e.Type)

@@ -14,6 +14,7 @@ import (
 	"github.com/runatlantis/atlantis/server/logging"
 	tally "github.com/uber-go/tally/v4"
 
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
@@ -54,7 +55,7 @@ type AdapterOptions struct {
 	Fence  PullFence
 	Logger logging.SimpleLogging
 	Scope  tally.Scope
-	Events Publisher
+	Events events.Publisher
 }
 
 // Adapter is upstream's db.Database with lock operations served by an enhanced
@@ -94,7 +95,7 @@ func NewAdapter(legacy *legacydb.Guarded, backend Backend, opts AdapterOptions) 
 		opts.Scope = tally.NoopScope
 	}
 	if opts.Events == nil {
-		opts.Events = PublisherFunc(func(Event) {})
+		opts.Events = events.PublisherFunc(func(events.Event) {})
 	}
 	if opts.Logger == nil {
 		opts.Logger = NopLogger{}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 )
 
 // run performs one lock operation entirely in the active mode: enhanced (the
@@ -71,7 +73,7 @@ func (a *Adapter) setBackendDown(cause error) {
 	a.fallback.Store(true)
 	a.metrics.fallback("legacy")
 	a.opts.Logger.Warn("enhanced locking: %s is unreachable (%v); locks go to the legacy database until it returns (--enhanced-locking-fallback=boltdb, safe for one replica only)", a.opts.BackendName, cause)
-	a.opts.Events.Publish(Event{Type: EventFallbackActivated, Time: time.Now(), Err: cause})
+	a.opts.Events.Publish(events.Event{Type: events.EventFallbackActivated, Time: time.Now(), Err: cause})
 }
 
 // BackendHealthChanged tells the adapter what the health checker saw. Going
@@ -102,7 +104,7 @@ func (a *Adapter) BackendHealthChanged(healthy bool) {
 	a.fallback.Store(false)
 	a.metrics.fallback(a.opts.BackendName)
 	a.opts.Logger.Info("enhanced locking: %s is back; locks changed meanwhile were copied into it", a.opts.BackendName)
-	a.opts.Events.Publish(Event{Type: EventFallbackRecovered, Time: time.Now()})
+	a.opts.Events.Publish(events.Event{Type: events.EventFallbackRecovered, Time: time.Now()})
 }
 
 // ReplayFallbackJournal replays what a fallback before the last stop changed

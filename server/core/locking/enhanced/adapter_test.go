@@ -22,6 +22,7 @@ import (
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
@@ -304,16 +305,16 @@ func TestAdapter_FallbackReconciles(t *testing.T) {
 	srv := redistest.Start(t, redistest.WithAppendOnly())
 	client := fastClient(t, srv)
 	legacy := openBolt(t, t.TempDir())
-	var events []enhanced.Event
+	var published []events.Event
 	var eventsMu sync.Mutex
 	scope := tally.NewTestScope("", nil)
 	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{
 		FallbackToLegacy: true,
 		Scope:            scope,
-		Events: enhanced.PublisherFunc(func(e enhanced.Event) {
+		Events: events.PublisherFunc(func(e events.Event) {
 			eventsMu.Lock()
 			defer eventsMu.Unlock()
-			events = append(events, e)
+			published = append(published, e)
 		}),
 	})
 	// Another replica holds a lock this one's BoltDB knows nothing about.
@@ -354,13 +355,13 @@ func TestAdapter_FallbackReconciles(t *testing.T) {
 
 	eventsMu.Lock()
 	defer eventsMu.Unlock()
-	var types []enhanced.EventType
-	for _, e := range events {
+	var types []events.EventType
+	for _, e := range published {
 		types = append(types, e.Type)
 	}
-	Equals(t, []enhanced.EventType{enhanced.EventFallbackActivated, enhanced.EventLockConflict, enhanced.EventFallbackRecovered}, types)
-	Equals(t, 3, events[1].Lock.Pull.Num)
-	Equals(t, 9, events[1].Current.Pull.Num)
+	Equals(t, []events.EventType{events.EventFallbackActivated, events.EventLockConflict, events.EventFallbackRecovered}, types)
+	Equals(t, 3, published[1].Lock.Pull.Num)
+	Equals(t, 9, published[1].Current.Pull.Num)
 	counters := scope.Snapshot().Counters()
 	Equals(t, int64(1), counters["fallback_events_total+to=legacy"].Value())
 	Equals(t, int64(1), counters["fallback_events_total+to=redis"].Value())

@@ -1,4 +1,4 @@
-package enhanced
+package events
 
 import (
 	"time"
