@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	upstream "github.com/runatlantis/atlantis/server"
@@ -20,6 +21,7 @@ import (
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
 	lockevents "github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/metrics"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
 )
@@ -36,7 +38,11 @@ type Server struct {
 	queue *lockQueue
 	// leases run one command per pull across the fleet; nil when enhanced
 	// locking is off.
-	leases              *commandlease.Manager
+	leases *commandlease.Manager
+	// events is the lock event stream the adapter and the queue publish on;
+	// sampler keeps the gauges. Both nil when enhanced locking is off.
+	events              *lockevents.Bus
+	sampler             *metrics.Sampler
 	githubWebhookSecret string
 	// apiSecret is upstream's --api-secret: our API routes check it as
 	// upstream's API does.
@@ -68,7 +74,12 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 // changed until they are replayed into Redis.
 const fallbackJournalFile = "enhanced-locking-fallback.journal"
 
-func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) error {
+func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) (err error) {
+	defer func() {
+		if err != nil && s.events != nil {
+			s.events.Close()
+		}
+	}()
 	// Made before anything else uses the database: every enhanced component
 	// reaches the legacy locks through this one guard.
 	legacy, err := legacydb.Guard(database)
@@ -81,6 +92,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		return err
 	}
 	s.backend = backend
+	s.events = newEventBus(scope, s.Config.Backend, s.Logger)
 	journal, err := enhanced.OpenFallbackJournal(filepath.Join(userConfig.DataDir, fallbackJournalFile))
 	if err != nil {
 		backend.Close() // nolint: errcheck
@@ -91,7 +103,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		backend.Close() // nolint: errcheck
 		return err
 	}
-	if s.queue, err = s.newLockQueue(userConfig, backend, scope, leases); err != nil {
+	if s.queue, err = s.newLockQueue(userConfig, backend, leases); err != nil {
 		backend.Close() // nolint: errcheck
 		return err
 	}
@@ -116,12 +128,13 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		FallbackJournal:     journal,
 		BackendUnavailable:  backend.reportUnavailable,
 		Logger:              s.Logger,
-		Scope:               scope,
-		Events:              lockevents.PublisherFunc(s.logEvent),
+		Events:              s.events,
 	})
+	s.sampler = s.newSampler(scope, backend)
 	if backend.health != nil {
 		backend.health.OnChange(func(_, now healthReport) {
 			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
+			s.sampler.Sample()
 		})
 	}
 	if err := s.Adapter.ReplayFallbackJournal(); err != nil {
@@ -220,28 +233,46 @@ func installLockingAdapter(srv *upstream.Server, database db.Database, userConfi
 // runs upstream's server until it stops.
 func (s *Server) Start() error {
 	s.registerRoutes()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s.watchBackend(ctx)
-	if s.queue != nil {
-		s.queue.start()
-	}
+	stop := s.startEnhanced()
 	err := s.Server.Start()
-	s.queue.stop()
+	stop()
 	if closeErr := s.closeEnhanced(); closeErr != nil {
 		s.Logger.Err("closing enhanced locking backend: %v", closeErr)
 	}
 	return err
 }
 
+// startEnhanced starts what enhanced locking runs in the background: the
+// health checks, the queue's worker and the metrics sampler. stop ends them
+// and waits for the queue's re-plans and comments.
+func (s *Server) startEnhanced() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.watchBackend(ctx)
+	if s.queue != nil {
+		s.queue.start()
+	}
+	var sampling sync.WaitGroup
+	if s.sampler != nil {
+		sampling.Go(func() { s.sampler.Run(ctx) })
+	}
+	return func() {
+		cancel()
+		s.queue.stop()
+		sampling.Wait()
+	}
+}
+
 // closeEnhanced stops enhanced locking at shutdown: the lock changes still on
-// their way into the legacy database land there, then the backend and its
-// Redis client close. Upstream closes the legacy database after.
+// their way into the legacy database land there, the subscribers hear the
+// events already published, then the backend and its Redis client close.
+// Upstream closes the legacy database after.
 func (s *Server) closeEnhanced() error {
 	if s.backend == nil {
 		return nil
 	}
-	return errors.Join(s.Adapter.Close(), s.backend.Close())
+	err := s.Adapter.Close()
+	s.events.Close()
+	return errors.Join(err, s.backend.Close())
 }
 
 // watchBackend checks the backend's health until ctx is done, switching the
@@ -270,15 +301,6 @@ func (s *Server) retryRecovery(ctx context.Context) {
 		case <-ticker.C:
 			s.Adapter.BackendHealthChanged(s.backend.health.Status().Status != redisclient.HealthUnhealthy)
 		}
-	}
-}
-
-func (s *Server) logEvent(e lockevents.Event) {
-	switch e.Type {
-	case lockevents.EventLockConflict, lockevents.EventMirrorFailed:
-		s.Logger.Warn("enhanced locking event %s: lock=%v current=%v err=%v", e.Type, e.Lock, e.Current, e.Err)
-	default:
-		s.Logger.Info("enhanced locking event %s", e.Type)
 	}
 }
 

@@ -153,7 +153,6 @@ func (a *Adapter) replayCommandLock(ctx context.Context, cmdName command.Name) e
 // held in the backend by another pull, which keeps it; the legacy copy is
 // corrected to the backend's holder, so the two agree from now on.
 func (a *Adapter) conflict(lock, current models.ProjectLock) {
-	a.metrics.conflicts.Inc(1)
 	a.opts.Logger.Warn("enhanced locking: conflict for %s: the legacy database says pull #%d holds it but %s says pull #%d does; kept %s's, review pull #%d",
 		models.GenerateLockKey(lock.Project, lock.Workspace), lock.Pull.Num, a.opts.BackendName, current.Pull.Num, a.opts.BackendName, lock.Pull.Num)
 	a.opts.Events.Publish(events.Event{Type: events.EventLockConflict, Time: time.Now(), Lock: &lock, Current: &current})
