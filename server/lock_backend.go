@@ -159,8 +159,14 @@ func (b *lockBackend) reportUnavailable(err error) {
 
 // status is the backend's health as /healthz shows it.
 func (b *lockBackend) status() string {
+	return string(b.healthStatus())
+}
+
+// healthStatus is the backend's health as last checked: an in-process
+// backend is healthy while the process runs.
+func (b *lockBackend) healthStatus() redisclient.HealthStatus {
 	if b.health == nil {
-		return string(redisclient.HealthHealthy)
+		return redisclient.HealthHealthy
 	}
-	return string(b.health.Status().Status)
+	return b.health.Status().Status
 }

@@ -7,7 +7,6 @@ import (
 
 	upstream "github.com/runatlantis/atlantis/server"
 	"github.com/runatlantis/atlantis/server/events"
-	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
@@ -35,7 +34,7 @@ type lockQueue struct {
 // rules, checked now so a bad file stops the start with its line numbers,
 // the policy the adapter asks, and the worker that delivers hand-overs.
 // The worker starts with Start.
-func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBackend, scope tally.Scope, runner events.CommandRunner) (*lockQueue, error) {
+func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBackend, runner events.CommandRunner) (*lockQueue, error) {
 	f := s.Config.Features
 	if !f.PriorityQueue {
 		return nil, nil
@@ -61,7 +60,7 @@ func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBacke
 		AutoPlan: f.AutoPlan,
 		Lease:    f.QueueNoticeLease,
 		Logger:   s.Logger,
-		Scope:    scope,
+		Events:   s.events,
 	})
 	s.Logger.Info("enhanced locking: priority queue on (%d priority rule(s), aging step %s, queue timeout %s, auto-plan %v)",
 		rules.Len(), rules.AgingStep(), f.QueueTimeout, f.AutoPlan)

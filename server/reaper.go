@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/runatlantis/atlantis/server/events/models"
@@ -18,7 +19,7 @@ const reaperTurnWait = time.Second
 
 // startReaper runs the stale-lock reaper until ctx ends, when
 // --enhanced-locking-stale-lock-reaper is on.
-func (s *Server) startReaper(ctx context.Context) error {
+func (s *Server) startReaper(ctx context.Context, running *sync.WaitGroup) error {
 	f := s.Config.Features
 	if !f.StaleLockReaper || s.Adapter == nil {
 		return nil
@@ -40,6 +41,7 @@ func (s *Server) startReaper(ctx context.Context) error {
 		Interval:       f.StaleLockReaperInterval,
 		CallsPerSecond: float64(f.StaleLockReaperCallsPerMinute) / 60,
 		DryRun:         f.StaleLockReaperDryRun,
+		Events:         s.events,
 		Logger:         s.Logger,
 		Scope:          s.StatsScope.SubScope("enhanced"),
 	})
@@ -48,7 +50,7 @@ func (s *Server) startReaper(ctx context.Context) error {
 	}
 	s.Logger.Info("enhanced locking: stale-lock reaper on (every %s, at most %d VCS calls a minute, dry run %v)",
 		f.StaleLockReaperInterval, f.StaleLockReaperCallsPerMinute, f.StaleLockReaperDryRun)
-	go r.Run(ctx)
+	running.Go(func() { r.Run(ctx) })
 	return nil
 }
 

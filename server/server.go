@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	upstream "github.com/runatlantis/atlantis/server"
@@ -18,7 +19,9 @@ import (
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
+	lockevents "github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/metrics"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 	redisclient "github.com/atlantis-enhanced/atlantis/server/core/redis"
 )
@@ -42,6 +45,10 @@ type Server struct {
 	// --gitlab-webhook-secret and --gitea-webhook-secret: the delivery
 	// de-duplication claims only requests that pass upstream's check of them.
 	webhookSecrets webhookSecrets
+	// events is the lock event stream the adapter and the queue publish on;
+	// sampler keeps the gauges. Both nil when enhanced locking is off.
+	events              *lockevents.Bus
+	sampler             *metrics.Sampler
 	// apiSecret is upstream's --api-secret: our API routes check it as
 	// upstream's API does.
 	apiSecret []byte
@@ -81,7 +88,12 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 // changed until they are replayed into Redis.
 const fallbackJournalFile = "enhanced-locking-fallback.journal"
 
-func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) error {
+func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) (err error) {
+	defer func() {
+		if err != nil && s.events != nil {
+			s.events.Close()
+		}
+	}()
 	// Made before anything else uses the database: every enhanced component
 	// reaches the legacy locks through this one guard.
 	legacy, err := legacydb.Guard(database)
@@ -94,6 +106,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		return err
 	}
 	s.backend = backend
+	s.events = newEventBus(scope, s.Config.Backend, s.Logger)
 	journal, err := enhanced.OpenFallbackJournal(filepath.Join(userConfig.DataDir, fallbackJournalFile))
 	if err != nil {
 		backend.Close() // nolint: errcheck
@@ -104,7 +117,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		backend.Close() // nolint: errcheck
 		return err
 	}
-	if s.queue, err = s.newLockQueue(userConfig, backend, scope, leases); err != nil {
+	if s.queue, err = s.newLockQueue(userConfig, backend, leases); err != nil {
 		backend.Close() // nolint: errcheck
 		return err
 	}
@@ -129,12 +142,13 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		FallbackJournal:     journal,
 		BackendUnavailable:  backend.reportUnavailable,
 		Logger:              s.Logger,
-		Scope:               scope,
-		Events:              enhanced.PublisherFunc(s.logEvent),
+		Events:              s.events,
 	})
+	s.sampler = s.newSampler(scope, backend)
 	if backend.health != nil {
 		backend.health.OnChange(func(_, now healthReport) {
 			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
+			s.sampler.Sample()
 		})
 	}
 	if err := s.Adapter.ReplayFallbackJournal(); err != nil {
@@ -233,31 +247,54 @@ func installLockingAdapter(srv *upstream.Server, database db.Database, userConfi
 // runs upstream's server until it stops.
 func (s *Server) Start() error {
 	s.registerRoutes()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s.watchBackend(ctx)
-	if s.queue != nil {
-		s.queue.start()
-	}
-	if err := s.startReaper(ctx); err != nil {
+	stop, err := s.startEnhanced()
+	if err != nil {
 		return err
 	}
-	err := s.Server.Start()
-	s.queue.stop()
+	err = s.Server.Start()
+	stop()
 	if closeErr := s.closeEnhanced(); closeErr != nil {
 		s.Logger.Err("closing enhanced locking backend: %v", closeErr)
 	}
 	return err
 }
 
+// startEnhanced starts what enhanced locking runs in the background: the
+// health checks, the queue's worker and the metrics sampler. stop ends them
+// and waits for the queue's re-plans and comments.
+func (s *Server) startEnhanced() (stop func(), err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.watchBackend(ctx)
+	if s.queue != nil {
+		s.queue.start()
+	}
+	var running sync.WaitGroup
+	if s.sampler != nil {
+		running.Go(func() { s.sampler.Run(ctx) })
+	}
+	stop = func() {
+		cancel()
+		s.queue.stop()
+		running.Wait()
+	}
+	if err := s.startReaper(ctx, &running); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
+}
+
 // closeEnhanced stops enhanced locking at shutdown: the lock changes still on
-// their way into the legacy database land there, then the backend and its
-// Redis client close. Upstream closes the legacy database after.
+// their way into the legacy database land there, the subscribers hear the
+// events already published, then the backend and its Redis client close.
+// Upstream closes the legacy database after.
 func (s *Server) closeEnhanced() error {
 	if s.backend == nil {
 		return nil
 	}
-	return errors.Join(s.Adapter.Close(), s.backend.Close())
+	err := s.Adapter.Close()
+	s.events.Close()
+	return errors.Join(err, s.backend.Close())
 }
 
 // watchBackend checks the backend's health until ctx is done, switching the
@@ -286,15 +323,6 @@ func (s *Server) retryRecovery(ctx context.Context) {
 		case <-ticker.C:
 			s.Adapter.BackendHealthChanged(s.backend.health.Status().Status != redisclient.HealthUnhealthy)
 		}
-	}
-}
-
-func (s *Server) logEvent(e enhanced.Event) {
-	switch e.Type {
-	case enhanced.EventLockConflict, enhanced.EventMirrorFailed:
-		s.Logger.Warn("enhanced locking event %s: lock=%v current=%v err=%v", e.Type, e.Lock, e.Current, e.Err)
-	default:
-		s.Logger.Info("enhanced locking event %s", e.Type)
 	}
 }
 

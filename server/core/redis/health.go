@@ -28,12 +28,10 @@ const (
 	DefaultDegradedLatency = 100 * time.Millisecond
 )
 
-// Metric names, emitted on the scope given to NewHealthChecker.
-const (
-	metricHealthStatus      = "backend_health_status"
-	metricPingLatency       = "redis_ping_latency"
-	metricConnectionsActive = "redis_connections_active"
-)
+// metricPingLatency times each health-check ping, on the scope given to
+// NewHealthChecker. The gauges of health and connections are sampled from
+// Status and the client by the enhanced locking metrics.
+const metricPingLatency = "redis_ping_latency"
 
 // HealthReport is the outcome of one check.
 type HealthReport struct {
@@ -157,7 +155,9 @@ func (h *HealthChecker) Check(ctx context.Context) HealthReport {
 	listeners := append([]func(old, new HealthReport){}, h.listeners...)
 	h.mu.Unlock()
 
-	h.emit(report, err == nil)
+	if err == nil {
+		h.scope.Timer(metricPingLatency).Record(latency)
+	}
 	if old.Status != report.Status {
 		for _, fn := range listeners {
 			fn(old, report)
@@ -179,7 +179,6 @@ func (h *HealthChecker) ReportFailure(err error) {
 	listeners := append([]func(old, new HealthReport){}, h.listeners...)
 	h.mu.Unlock()
 
-	h.scope.Gauge(metricHealthStatus).Update(statusValue(report.Status))
 	if old.Status != report.Status {
 		for _, fn := range listeners {
 			fn(old, report)
@@ -213,25 +212,4 @@ func (h *HealthChecker) ping(ctx context.Context) (time.Duration, error) {
 		return nil
 	})
 	return slowest, err
-}
-
-func (h *HealthChecker) emit(r HealthReport, pinged bool) {
-	h.scope.Gauge(metricHealthStatus).Update(statusValue(r.Status))
-	if pinged {
-		h.scope.Timer(metricPingLatency).Record(r.Latency)
-	}
-	if stats := h.client.PoolStats(); stats != nil {
-		h.scope.Gauge(metricConnectionsActive).Update(float64(stats.TotalConns) - float64(stats.IdleConns))
-	}
-}
-
-func statusValue(s HealthStatus) float64 {
-	switch s {
-	case HealthHealthy:
-		return 1
-	case HealthDegraded:
-		return 0.5
-	default:
-		return 0
-	}
 }

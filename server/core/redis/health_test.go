@@ -13,13 +13,6 @@ import (
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
-func gauge(t *testing.T, scope tally.TestScope, name string) float64 {
-	t.Helper()
-	g, ok := scope.Snapshot().Gauges()[name+"+"]
-	Assert(t, ok, "gauge %s not emitted", name)
-	return g.Value()
-}
-
 func TestHealthChecker_TracksServerRestarts(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -39,8 +32,6 @@ func TestHealthChecker_TracksServerRestarts(t *testing.T) {
 	Equals(t, redis.HealthHealthy, r.Status)
 	Equals(t, "", r.LastError)
 	Equals(t, r, h.Status())
-	Equals(t, 1.0, gauge(t, scope, "backend_health_status"))
-	Equals(t, 0.0, gauge(t, scope, "redis_connections_active")) // the ping's connection is idle again
 	_, timed := scope.Snapshot().Timers()["redis_ping_latency+"]
 	Assert(t, timed, "ping latency timer not recorded")
 
@@ -49,14 +40,12 @@ func TestHealthChecker_TracksServerRestarts(t *testing.T) {
 	Equals(t, redis.HealthUnhealthy, r.Status)
 	Equals(t, 1, r.ConsecutiveFailures)
 	Assert(t, r.LastError != "", "unhealthy report should carry the error")
-	Equals(t, 0.0, gauge(t, scope, "backend_health_status"))
 	Equals(t, 2, h.Check(ctx).ConsecutiveFailures)
 
 	s.Restart()
 	r = h.Check(ctx)
 	Equals(t, redis.HealthHealthy, r.Status)
 	Equals(t, 0, r.ConsecutiveFailures)
-	Equals(t, 1.0, gauge(t, scope, "backend_health_status"))
 
 	// Only status changes notify; the second failed check did not.
 	Equals(t, []redis.HealthStatus{
@@ -70,13 +59,11 @@ func TestHealthChecker_DegradedWhenSlow(t *testing.T) {
 	t.Parallel()
 	s := redistest.Start(t)
 	client := connect(t, redis.Config{Addrs: []string{s.Addr}})
-	scope := tally.NewTestScope("", nil)
 	// No ping beats a nanosecond, so every successful check is slow.
-	h := redis.NewHealthChecker(client, time.Second, time.Nanosecond, scope)
+	h := redis.NewHealthChecker(client, time.Second, time.Nanosecond, nil)
 	r := h.Check(context.Background())
 	Equals(t, redis.HealthDegraded, r.Status)
 	Assert(t, r.Latency > 0, "latency not measured")
-	Equals(t, 0.5, gauge(t, scope, "backend_health_status"))
 }
 
 func TestHealthChecker_StartReportsTransitions(t *testing.T) {
@@ -119,12 +106,10 @@ func TestHealthChecker_ClusterNeedsEveryMaster(t *testing.T) {
 	t.Parallel()
 	c := redistest.StartCluster(t)
 	client := connect(t, redis.Config{Mode: redis.ModeCluster, Addrs: c.Addrs, DialTimeout: 300 * time.Millisecond})
-	scope := tally.NewTestScope("", nil)
-	h := redis.NewHealthChecker(client, time.Second, time.Second, scope)
+	h := redis.NewHealthChecker(client, time.Second, time.Second, nil)
 	ctx := context.Background()
 
 	Equals(t, redis.HealthHealthy, h.Check(ctx).Status)
-	Equals(t, 1.0, gauge(t, scope, "backend_health_status"))
 
 	c.Nodes[1].Stop()
 	r := h.Check(ctx)
@@ -141,34 +126,6 @@ func TestHealthChecker_Sentinel(t *testing.T) {
 	client := connect(t, redis.Config{Mode: redis.ModeSentinel, Addrs: s.SentinelAddrs, SentinelMaster: s.MasterName})
 	h := redis.NewHealthChecker(client, time.Second, time.Second, nil)
 	Equals(t, redis.HealthHealthy, h.Check(context.Background()).Status)
-}
-
-func TestHealthChecker_CountsBusyConnections(t *testing.T) {
-	t.Parallel()
-	s := redistest.Start(t)
-	client := connect(t, redis.Config{Addrs: []string{s.Addr}})
-	scope := tally.NewTestScope("", nil)
-	h := redis.NewHealthChecker(client, time.Second, time.Second, scope)
-	ctx := context.Background()
-
-	// A blocking pop holds one connection out of the pool.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = client.BLPop(ctx, 2*time.Second, "health-test-empty-list").Err()
-	}()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		h.Check(ctx)
-		if gauge(t, scope, "redis_connections_active") >= 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	Equals(t, 1.0, gauge(t, scope, "redis_connections_active"))
-	<-done
-	h.Check(ctx)
-	Equals(t, 0.0, gauge(t, scope, "redis_connections_active"))
 }
 
 // TestHealthChecker_FailureReportedByAnOperation: a lock operation that found

@@ -12,8 +12,8 @@ import (
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
-	tally "github.com/uber-go/tally/v4"
 
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
@@ -53,8 +53,9 @@ type AdapterOptions struct {
 	// lost its lease on this replica; nil fences nothing.
 	Fence  PullFence
 	Logger logging.SimpleLogging
-	Scope  tally.Scope
-	Events Publisher
+	// Events hears of every lock request's answer, release, queueing and
+	// backend switch; Publish is called on the lock path.
+	Events events.Publisher
 }
 
 // Adapter is upstream's db.Database with lock operations served by an enhanced
@@ -64,7 +65,6 @@ type Adapter struct {
 	legacy  *legacydb.Guarded
 	backend Backend
 	opts    AdapterOptions
-	metrics adapterMetrics
 
 	// The mode. fallback is read without any lock (ActiveBackend behind
 	// /healthz, a health report that changes nothing). mu is held for reading
@@ -90,11 +90,8 @@ var _ db.Database = (*Adapter)(nil)
 // legacy, the guard every enhanced component reaches the legacy database
 // through.
 func NewAdapter(legacy *legacydb.Guarded, backend Backend, opts AdapterOptions) *Adapter {
-	if opts.Scope == nil {
-		opts.Scope = tally.NoopScope
-	}
 	if opts.Events == nil {
-		opts.Events = PublisherFunc(func(Event) {})
+		opts.Events = events.PublisherFunc(func(events.Event) {})
 	}
 	if opts.Logger == nil {
 		opts.Logger = NopLogger{}
@@ -111,7 +108,7 @@ func NewAdapter(legacy *legacydb.Guarded, backend Backend, opts AdapterOptions) 
 	if opts.FallbackJournal == nil {
 		opts.FallbackJournal, _ = OpenFallbackJournal("") // in memory: cannot fail
 	}
-	a := &Adapter{legacy: legacy, backend: backend, opts: opts, metrics: newAdapterMetrics(opts.Scope), journal: opts.FallbackJournal}
+	a := &Adapter{legacy: legacy, backend: backend, opts: opts, journal: opts.FallbackJournal}
 	a.mirror = newLegacyMirror(legacy, a.mirrorFailed)
 	return a
 }
@@ -125,6 +122,12 @@ func (a *Adapter) ActiveBackend() string {
 	return a.opts.BackendName
 }
 
+// FallbackActive says whether lock operations go to the legacy database now.
+// It takes no lock, as ActiveBackend.
+func (a *Adapter) FallbackActive() bool {
+	return a.fallback.Load()
+}
+
 // TryLock implements db.Database. With a wait timeout, a lock another pull
 // holds is waited for outside the mode lock (see Adapter.mu).
 func (a *Adapter) TryLock(lock models.ProjectLock) (bool, models.ProjectLock, error) {
@@ -133,7 +136,7 @@ func (a *Adapter) TryLock(lock models.ProjectLock) (bool, models.ProjectLock, er
 	}
 	start := time.Now()
 	acquired, current, err := a.tryLock(lock)
-	a.metrics.recordTryLock(start, acquired, err)
+	a.publishAnswer(lock, start, acquired, current, err)
 	if err != nil {
 		return false, models.ProjectLock{}, a.wrap("lock", err)
 	}
@@ -232,6 +235,9 @@ func (a *Adapter) Unlock(project models.Project, workspace string) (*models.Proj
 		lock, err = a.fallbackUnlock(project, workspace, nil)
 		return err
 	})
+	if err == nil {
+		a.publishReleased(lock)
+	}
 	return lock, a.wrap("unlock", err)
 }
 
@@ -257,6 +263,9 @@ func (a *Adapter) UnlockIfOwnedByPull(project models.Project, workspace string, 
 		lock, err = a.fallbackUnlock(project, workspace, &pullNum)
 		return err
 	})
+	if err == nil {
+		a.publishReleased(lock)
+	}
 	return lock, a.wrap("unlock", err)
 }
 
@@ -285,6 +294,9 @@ func (a *Adapter) UnlockByPull(repoFullName string, pullNum int) ([]models.Proje
 		locks, err = a.fallbackUnlockByPull(repoFullName, pullNum)
 		return err
 	})
+	for i := range locks {
+		a.publishReleased(&locks[i])
+	}
 	return locks, a.wrap("unlock", err)
 }
 

@@ -6,6 +6,8 @@ import (
 
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 )
 
 // Fallback operations run with mu held for reading and fallbackMu held (see
@@ -151,10 +153,9 @@ func (a *Adapter) replayCommandLock(ctx context.Context, cmdName command.Name) e
 // held in the backend by another pull, which keeps it; the legacy copy is
 // corrected to the backend's holder, so the two agree from now on.
 func (a *Adapter) conflict(lock, current models.ProjectLock) {
-	a.metrics.conflicts.Inc(1)
 	a.opts.Logger.Warn("enhanced locking: conflict for %s: the legacy database says pull #%d holds it but %s says pull #%d does; kept %s's, review pull #%d",
 		models.GenerateLockKey(lock.Project, lock.Workspace), lock.Pull.Num, a.opts.BackendName, current.Pull.Num, a.opts.BackendName, lock.Pull.Num)
-	a.opts.Events.Publish(Event{Type: EventLockConflict, Time: time.Now(), Lock: &lock, Current: &current})
+	a.opts.Events.Publish(events.Event{Type: events.EventLockConflict, Time: time.Now(), Lock: &lock, Current: &current})
 	if a.opts.SeparateLegacyLocks {
 		// At once: a replay reads the legacy database next.
 		a.mirror.apply(copyLock(current))

@@ -8,6 +8,7 @@ import (
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
@@ -191,7 +192,6 @@ func unlockCommand(cmdName command.Name) mirrorChange {
 }
 
 func (a *Adapter) mirrorFailed(lock *models.ProjectLock, err error) {
-	a.metrics.mirrorFailures.Inc(1)
 	a.opts.Logger.Warn("enhanced locking: could not copy a lock change into the legacy database (a rollback with --enhanced-locking-enabled=false would miss it): %v", err)
-	a.opts.Events.Publish(Event{Type: EventMirrorFailed, Time: time.Now(), Lock: lock, Err: err})
+	a.opts.Events.Publish(events.Event{Type: events.EventMirrorFailed, Time: time.Now(), Lock: lock, Err: err})
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 )
 
 // run performs one lock operation entirely in the active mode: enhanced (the
@@ -69,9 +71,8 @@ func (a *Adapter) setBackendDown(cause error) {
 	// change the backend made first.
 	a.mirror.flush()
 	a.fallback.Store(true)
-	a.metrics.fallback("legacy")
 	a.opts.Logger.Warn("enhanced locking: %s is unreachable (%v); locks go to the legacy database until it returns (--enhanced-locking-fallback=boltdb, safe for one replica only)", a.opts.BackendName, cause)
-	a.opts.Events.Publish(Event{Type: EventFallbackActivated, Time: time.Now(), Err: cause})
+	a.opts.Events.Publish(events.Event{Type: events.EventFallbackActivated, Time: time.Now(), Backend: fallbackBackend, Err: cause})
 }
 
 // BackendHealthChanged tells the adapter what the health checker saw. Going
@@ -100,9 +101,8 @@ func (a *Adapter) BackendHealthChanged(healthy bool) {
 		return
 	}
 	a.fallback.Store(false)
-	a.metrics.fallback(a.opts.BackendName)
 	a.opts.Logger.Info("enhanced locking: %s is back; locks changed meanwhile were copied into it", a.opts.BackendName)
-	a.opts.Events.Publish(Event{Type: EventFallbackRecovered, Time: time.Now()})
+	a.opts.Events.Publish(events.Event{Type: events.EventFallbackRecovered, Time: time.Now(), Backend: a.opts.BackendName})
 }
 
 // ReplayFallbackJournal replays what a fallback before the last stop changed

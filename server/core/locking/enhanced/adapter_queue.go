@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/runatlantis/atlantis/server/events/models"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 )
 
 // queues returns the backend's durable queues and the policy for them, when
@@ -55,7 +58,7 @@ func (a *Adapter) enqueue(req LockRequest, holder models.ProjectLock) (bool, mod
 		acquired, current, _, err := a.tryLockOnce(req)
 		return acquired, current, err
 	}
-	a.metrics.queued.Inc(1)
+	a.opts.Events.Publish(events.Event{Type: events.EventLockQueued, Time: time.Now(), Lock: &req.Lock, Current: res.Holder})
 	policy.Queued(res)
 	return false, *res.Holder, nil
 }

@@ -17,11 +17,12 @@ import (
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
 	. "github.com/runatlantis/atlantis/testing"
-	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events/eventstest"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
@@ -304,17 +305,10 @@ func TestAdapter_FallbackReconciles(t *testing.T) {
 	srv := redistest.Start(t, redistest.WithAppendOnly())
 	client := fastClient(t, srv)
 	legacy := openBolt(t, t.TempDir())
-	var events []enhanced.Event
-	var eventsMu sync.Mutex
-	scope := tally.NewTestScope("", nil)
+	collected := &eventstest.Collector{}
 	adapter := newRedisAdapter(t, client, legacy, enhanced.AdapterOptions{
 		FallbackToLegacy: true,
-		Scope:            scope,
-		Events: enhanced.PublisherFunc(func(e enhanced.Event) {
-			eventsMu.Lock()
-			defer eventsMu.Unlock()
-			events = append(events, e)
-		}),
+		Events:           collected,
 	})
 	// Another replica holds a lock this one's BoltDB knows nothing about.
 	otherReplica := openRedis(t, client)
@@ -352,19 +346,27 @@ func TestAdapter_FallbackReconciles(t *testing.T) {
 	}
 	Equals(t, map[string]int{"during": 2, "contested": 9}, byPath)
 
-	eventsMu.Lock()
-	defer eventsMu.Unlock()
-	var types []enhanced.EventType
-	for _, e := range events {
+	published := collected.Events()
+	var types []events.EventType
+	for _, e := range published {
 		types = append(types, e.Type)
 	}
-	Equals(t, []enhanced.EventType{enhanced.EventFallbackActivated, enhanced.EventLockConflict, enhanced.EventFallbackRecovered}, types)
-	Equals(t, 3, events[1].Lock.Pull.Num)
-	Equals(t, 9, events[1].Current.Pull.Num)
-	counters := scope.Snapshot().Counters()
-	Equals(t, int64(1), counters["fallback_events_total+to=legacy"].Value())
-	Equals(t, int64(1), counters["fallback_events_total+to=redis"].Value())
-	Equals(t, int64(1), counters["lock_conflicts_total+"].Value())
+	Equals(t, []events.EventType{
+		events.EventLockAcquired,      // before
+		events.EventFallbackActivated, // Redis stopped
+		events.EventLockAcquired,      // during, from BoltDB
+		events.EventLockReleased,      // before
+		events.EventLockAcquired,      // conflicting, from BoltDB
+		events.EventLockConflict,      // the replay keeps the other replica's lock
+		events.EventFallbackRecovered,
+	}, types)
+	Equals(t, "legacy", published[1].Backend)
+	Assert(t, published[1].Err != nil, "the switch to the fallback should carry its cause")
+	Equals(t, 2, published[2].Lock.Pull.Num)
+	Equals(t, 1, published[3].Lock.Pull.Num)
+	Equals(t, 3, published[5].Lock.Pull.Num)
+	Equals(t, 9, published[5].Current.Pull.Num)
+	Equals(t, "redis", published[6].Backend)
 }
 
 // TestAdapter_RollbackKeepsLocks: enable, lock, disable, restart: the legacy

@@ -8,9 +8,9 @@ import (
 
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
-	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 )
 
 // Planner re-runs the plan of one project for the pull that holds its lock,
@@ -47,7 +47,9 @@ type WorkerOptions struct {
 	// queues (default 30s).
 	SweepEvery time.Duration
 	Logger     logging.SimpleLogging
-	Scope      tally.Scope
+	// Events hears of each hand-over, expiry and re-plan as it is
+	// delivered: once per fleet, by the replica that delivers it.
+	Events events.Publisher
 }
 
 // Worker delivers the queue's notices (the comment and the re-plan of a
@@ -66,7 +68,6 @@ type Worker struct {
 	notifier *Notifier
 	planner  Planner
 	opts     WorkerOptions
-	metrics  metrics
 
 	wake chan struct{}
 	// plans serialises re-plans per pull: projects of one pull handed over
@@ -90,15 +91,14 @@ func NewWorker(queues enhanced.QueueBackend, notifier *Notifier, planner Planner
 	if opts.Logger == nil {
 		opts.Logger = enhanced.NopLogger{}
 	}
-	if opts.Scope == nil {
-		opts.Scope = tally.NoopScope
+	if opts.Events == nil {
+		opts.Events = events.PublisherFunc(func(events.Event) {})
 	}
 	return &Worker{
 		queues:   queues,
 		notifier: notifier,
 		planner:  planner,
 		opts:     opts,
-		metrics:  newMetrics(opts.Scope),
 		wake:     make(chan struct{}, 1),
 	}
 }
@@ -155,7 +155,6 @@ func (w *Worker) Sweep(ctx context.Context) enhanced.SweepResult {
 		w.opts.Logger.Warn("sweeping the lock queues: %s", err)
 		return res
 	}
-	w.metrics.depth.Update(float64(res.Depth))
 	if res.Expired > 0 || res.Transferred > 0 {
 		w.opts.Logger.Info("lock queues: %d entr(y/ies) expired, %d lock(s) deleted outside enhanced locking handed to their queues", res.Expired, res.Transferred)
 		w.Wake()
@@ -220,15 +219,19 @@ func (w *Worker) deliver(ctx context.Context, n enhanced.QueueNotice) error {
 				return err
 			}
 		}
-		if w.opts.AutoPlan && w.planner != nil && !n.Has(enhanced.StepReplanned) {
+		replan := w.opts.AutoPlan && w.planner != nil && !n.Has(enhanced.StepReplanned)
+		if replan {
 			if err := w.queues.MarkNotice(ctx, n, enhanced.StepReplanned, w.opts.Lease); err != nil {
 				return err
 			}
-			w.replan(lock)
 		}
-		w.metrics.transfers.Inc(1)
+		e := events.Event{Type: events.EventLockTransferred, Time: time.Now(), Lock: &lock}
 		if !n.Entry.Enqueued.IsZero() {
-			w.metrics.waitTime.Record(n.At.Sub(n.Entry.Enqueued))
+			e.Duration = n.At.Sub(n.Entry.Enqueued)
+		}
+		w.opts.Events.Publish(e)
+		if replan {
+			w.replan(lock)
 		}
 	case enhanced.NoticeExpired:
 		if !n.Has(enhanced.StepCommented) {
@@ -236,7 +239,7 @@ func (w *Worker) deliver(ctx context.Context, n enhanced.QueueNotice) error {
 				return err
 			}
 		}
-		w.metrics.expiries.Inc(1)
+		w.opts.Events.Publish(events.Event{Type: events.EventQueueEntryExpired, Time: time.Now(), Lock: &lock, Current: q.Holder})
 	default:
 		w.opts.Logger.Warn("dropping lock queue notice %q of unknown kind %q", n.ID, n.Kind)
 	}
@@ -258,7 +261,7 @@ func (w *Worker) ack(ctx context.Context, n enhanced.QueueNotice, q enhanced.Loc
 // same pull.
 func (w *Worker) replan(lock models.ProjectLock) {
 	k := keyOf(lock.Pull.BaseRepo.FullName, lock.Pull.Num)
-	w.metrics.replansStarted.Inc(1)
+	w.opts.Events.Publish(events.Event{Type: events.EventReplanStarted, Time: time.Now(), Lock: &lock})
 	w.running.Add(1)
 	go func() {
 		defer w.running.Done()
@@ -266,7 +269,7 @@ func (w *Worker) replan(lock models.ProjectLock) {
 		err := w.planner.Replan(context.Background(), lock)
 		unlock()
 		if err != nil {
-			w.metrics.replansFailed.Inc(1)
+			w.opts.Events.Publish(events.Event{Type: events.EventReplanFailed, Time: time.Now(), Lock: &lock, Err: err})
 			w.opts.Logger.Warn("re-planning %q for pull %d, which was handed its lock: %s", key(lock), lock.Pull.Num, err)
 		}
 	}()

@@ -17,6 +17,8 @@ import (
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events/eventstest"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
@@ -30,6 +32,7 @@ type replica struct {
 	vcs     *vcsmocks.MockClient
 	planner *recordingPlanner
 	worker  *queue.Worker
+	events  *eventstest.Collector
 }
 
 func newReplica(t *testing.T, srv *redistest.Server, autoPlan bool, lease time.Duration) *replica {
@@ -40,9 +43,19 @@ func newReplica(t *testing.T, srv *redistest.Server, autoPlan bool, lease time.D
 	vcs := vcsmocks.NewMockClient(pegomock.WithT(t))
 	planner := &recordingPlanner{}
 	notifier := queue.NewNotifier(b, vcs, autoPlan, nil)
-	w := queue.NewWorker(b, notifier, planner, queue.WorkerOptions{AutoPlan: autoPlan, Lease: lease})
+	evs := &eventstest.Collector{}
+	w := queue.NewWorker(b, notifier, planner, queue.WorkerOptions{AutoPlan: autoPlan, Lease: lease, Events: evs})
 	t.Cleanup(w.Wait)
-	return &replica{backend: b, vcs: vcs, planner: planner, worker: w}
+	return &replica{backend: b, vcs: vcs, planner: planner, worker: w, events: evs}
+}
+
+// ofType returns the events of type typ that the replicas published.
+func ofType(typ events.EventType, replicas ...*replica) []events.Event {
+	var out []events.Event
+	for _, r := range replicas {
+		out = append(out, r.events.OfType(typ)...)
+	}
+	return out
 }
 
 // recordingPlanner stands for upstream's command runner: it records what it
@@ -152,7 +165,14 @@ func TestWorker_OneHandOverOneCommentOneReplanAcrossReplicas(t *testing.T) {
 		r2.worker.Wait()
 		Equals(t, round+1, len(withPrefix(handedOver, r1, r2)))
 		Equals(t, round+1, len(r1.planner.planned())+len(r2.planner.planned()))
+		// One event of each per hand-over, from whichever replica delivered it.
+		Equals(t, round+1, len(ofType(events.EventLockTransferred, r1, r2)))
+		Equals(t, round+1, len(ofType(events.EventReplanStarted, r1, r2)))
 	}
+	for _, e := range ofType(events.EventLockTransferred, r1, r2) {
+		Equals(t, 2, e.Lock.Pull.Num)
+	}
+	Equals(t, 0, len(ofType(events.EventReplanFailed, r1, r2)))
 	for _, c := range withPrefix(handedOver, r1, r2) {
 		Equals(t, 2, c.pull)
 		Assert(t, strings.Contains(c.body, "atlantis plan -d "), "hand-over comment does not say what runs: %s", c.body)
@@ -273,6 +293,11 @@ func TestWorker_ExpiryIsCommented(t *testing.T) {
 	Assert(t, strings.Contains(comments[0].body, "still locked by [#1](") && strings.Contains(comments[0].body, "atlantis plan -d dir -w default"),
 		"expiry comment misses the holder or the command: %s", comments[0].body)
 	Equals(t, 0, len(r.planner.planned()))
+	expiries := ofType(events.EventQueueEntryExpired, r)
+	Equals(t, 1, len(expiries))
+	Equals(t, 2, expiries[0].Lock.Pull.Num)
+	Equals(t, 1, expiries[0].Current.Pull.Num)
+	Equals(t, 0, len(ofType(events.EventLockTransferred, r)))
 }
 
 // TestPolicy_QueuesOnlyPlansAndCommentsOncePerCommand: only a running plan's

@@ -17,6 +17,7 @@ import (
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
 )
 
 // PullState is what the VCS says of a pull request.
@@ -62,8 +63,12 @@ type Options struct {
 	CallsPerSecond float64
 	// DryRun logs what would be released and releases nothing.
 	DryRun bool
+	// Events hears of every lock released (EventLockReaped), which the
+	// metrics count as atlantis_enhanced_locks_reaped_total.
+	Events events.Publisher
 	Logger logging.SimpleLogging
-	Scope  tally.Scope
+	// Scope counts the locks a dry run would release.
+	Scope tally.Scope
 }
 
 // reaperPull is the pseudo pull whose command lease a pass holds, so that
@@ -82,7 +87,8 @@ type Reaper struct {
 	states PullStates
 	leases *commandlease.Manager
 	opts   Options
-	reaped map[string]tally.Counter
+	// candidates counts the locks dry runs would have released.
+	candidates tally.Counter
 }
 
 // New returns a reaper. queues may be nil (no priority queue). leases make
@@ -101,11 +107,11 @@ func New(locks Locks, queues enhanced.QueueBackend, states PullStates, leases *c
 	if opts.Scope == nil {
 		opts.Scope = tally.NoopScope
 	}
-	reaped := map[string]tally.Counter{}
-	for _, mode := range []string{"release", "dry-run"} {
-		reaped[mode] = opts.Scope.Tagged(map[string]string{"mode": mode}).Counter("locks_reaped_total")
+	if opts.Events == nil {
+		opts.Events = events.PublisherFunc(func(events.Event) {})
 	}
-	return &Reaper{locks: locks, queues: queues, states: states, leases: leases, opts: opts, reaped: reaped}, nil
+	return &Reaper{locks: locks, queues: queues, states: states, leases: leases, opts: opts,
+		candidates: opts.Scope.Counter("locks_reap_candidates_total")}, nil
 }
 
 // Run makes a pass every interval until ctx ends.
@@ -177,7 +183,7 @@ func (r *Reaper) Pass(ctx context.Context) (Result, error) {
 		if r.opts.DryRun {
 			r.opts.Logger.Info("stale-lock reaper (dry run): %s#%d is %s; it would release %d lock(s) and its queue entries: %s",
 				p.repo.FullName, p.num, state, len(p.locks), lockNames(p.locks))
-			r.reaped["dry-run"].Inc(int64(len(p.locks)))
+			r.candidates.Inc(int64(len(p.locks)))
 			res.Released = append(res.Released, p.locks...)
 			continue
 		}
@@ -188,7 +194,9 @@ func (r *Reaper) Pass(ctx context.Context) (Result, error) {
 		}
 		r.opts.Logger.Info("stale-lock reaper: %s#%d is %s; released %d lock(s) and its queue entries: %s",
 			p.repo.FullName, p.num, state, len(released), lockNames(released))
-		r.reaped["release"].Inc(int64(len(released)))
+		for i := range released {
+			r.opts.Events.Publish(events.Event{Type: events.EventLockReaped, Time: time.Now(), Lock: &released[i]})
+		}
 		res.Released = append(res.Released, released...)
 	}
 	return res, nil

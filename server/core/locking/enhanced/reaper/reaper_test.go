@@ -20,6 +20,8 @@ import (
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/events/eventstest"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/reaper"
@@ -120,9 +122,9 @@ func TestReaper_ReleasesTheLocksOfClosedAndMergedPullsOnly(t *testing.T) {
 	_, err = r.backend.Enqueue(context.Background(), enhancedtest.QueueRequest(enhancedtest.NewLock("org/repo", "merged", "default", "", 5), enhanced.PriorityNormal, time.Hour))
 	Ok(t, err)
 	vcs := &vcsStandIn{states: map[int]reaper.PullState{2: reaper.PullClosed, 3: reaper.PullMerged, 4: reaper.PullClosed}}
-	scope := tally.NewTestScope("", nil)
+	heard := &eventstest.Collector{}
 
-	res, err := newReaper(t, r, vcs, reaper.Options{Scope: scope}).Pass(context.Background())
+	res, err := newReaper(t, r, vcs, reaper.Options{Events: heard}).Pass(context.Background())
 	Ok(t, err)
 	Equals(t, 5, res.Checked)
 	Equals(t, 2, len(res.Released))
@@ -132,7 +134,7 @@ func TestReaper_ReleasesTheLocksOfClosedAndMergedPullsOnly(t *testing.T) {
 	entries, err := r.backend.PullEntries(context.Background(), "org/repo", 4)
 	Ok(t, err)
 	Equals(t, 0, len(entries))
-	Equals(t, int64(2), scope.Snapshot().Counters()["locks_reaped_total+mode=release"].Value())
+	Equals(t, 2, len(heard.OfType(events.EventLockReaped)))
 }
 
 func TestReaper_DryRunReleasesNothing(t *testing.T) {
@@ -143,7 +145,7 @@ func TestReaper_DryRunReleasesNothing(t *testing.T) {
 	Ok(t, err)
 	Equals(t, 1, len(res.Released))
 	Equals(t, 2, holder(t, r, closed))
-	Equals(t, int64(1), scope.Snapshot().Counters()["locks_reaped_total+mode=dry-run"].Value())
+	Equals(t, int64(1), scope.Snapshot().Counters()["locks_reap_candidates_total+"].Value())
 }
 
 func TestReaper_AVCSErrorLeavesTheLocks(t *testing.T) {

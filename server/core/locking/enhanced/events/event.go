@@ -1,4 +1,4 @@
-package enhanced
+package events
 
 import (
 	"time"
@@ -30,9 +30,15 @@ const (
 type Event struct {
 	Type EventType
 	Time time.Time
+	// Duration is how long what the event ends took, where its type says so.
+	Duration time.Duration
+	// Backend names where lock operations go from now on, for the backend
+	// switches (EventFallbackActivated, EventFallbackRecovered): "legacy"
+	// for the fallback, else the backend's name, such as "redis".
+	Backend string
 	// Lock is the lock the event is about, if any.
 	Lock *models.ProjectLock
-	// Current is the lock that stands in its way, for conflicts.
+	// Current is the lock that stands in its way, for conflicts and refusals.
 	Current *models.ProjectLock
 	Err     error
 }
