@@ -15,29 +15,35 @@ import (
 // operations per backend, each checked against a reference model. A failure
 // logs the seed that replays it.
 
+// modelOptions are the suite's options for a backend. The suite runs one
+// operation at a time, so the race detector, which makes it four times
+// slower, has nothing to find in it that the concurrent suites do not
+// exercise: a -race build runs a tenth of the operations.
+func modelOptions(deleteOutside func(t *testing.T, lock models.ProjectLock)) enhancedtest.QueueModelOptions {
+	opts := enhancedtest.QueueModelOptions{DeleteOutside: deleteOutside}
+	if raceDetector {
+		opts.Ops = 1000
+	}
+	return opts
+}
+
 func TestQueueModelRedisStandalone(t *testing.T) {
 	client := redistest.Start(t).Client(t)
 	opts := RedisOptions{}
-	enhancedtest.RunQueueModel(t, newTestRedis(t, client, opts), enhancedtest.QueueModelOptions{
-		DeleteOutside: redisQueueOptions(client, opts).DeleteOutside,
-	})
+	enhancedtest.RunQueueModel(t, newTestRedis(t, client, opts), modelOptions(redisQueueOptions(client, opts).DeleteOutside))
 }
 
 func TestQueueModelRedisCluster(t *testing.T) {
 	client := redistest.StartCluster(t).Client(t)
 	opts := RedisOptions{}
-	enhancedtest.RunQueueModel(t, newTestRedis(t, client, opts), enhancedtest.QueueModelOptions{
-		DeleteOutside: redisQueueOptions(client, opts).DeleteOutside,
-	})
+	enhancedtest.RunQueueModel(t, newTestRedis(t, client, opts), modelOptions(redisQueueOptions(client, opts).DeleteOutside))
 }
 
 func TestQueueModelBoltDB(t *testing.T) {
 	legacy := guardedBoltDB(t)
 	b := newQueueingBoltDB(t, legacy, filepath.Join(t.TempDir(), "enhanced-locking-queue.db"))
-	enhancedtest.RunQueueModel(t, b, enhancedtest.QueueModelOptions{
-		DeleteOutside: func(t *testing.T, lock models.ProjectLock) {
-			_, err := legacy.Unlock(lock.Project, lock.Workspace)
-			Ok(t, err)
-		},
-	})
+	enhancedtest.RunQueueModel(t, b, modelOptions(func(t *testing.T, lock models.ProjectLock) {
+		_, err := legacy.Unlock(lock.Project, lock.Workspace)
+		Ok(t, err)
+	}))
 }
