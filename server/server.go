@@ -33,6 +33,8 @@ type Server struct {
 	backend *lockBackend
 	// queue is the priority queue; nil when it is off.
 	queue *lockQueue
+	// deadlocks is the deadlock detector; nil when it is off.
+	deadlocks *deadlockDetection
 	// leases run one command per pull across the fleet; nil when enhanced
 	// locking is off.
 	leases              *commandlease.Manager
@@ -118,6 +120,10 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		Scope:               scope,
 		Events:              enhanced.PublisherFunc(s.logEvent),
 	})
+	if s.deadlocks, err = s.newDeadlockDetection(backend, scope, leases.leases); err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
 	if backend.health != nil {
 		backend.health.OnChange(func(_, now healthReport) {
 			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
@@ -225,7 +231,9 @@ func (s *Server) Start() error {
 	if s.queue != nil {
 		s.queue.start()
 	}
+	s.deadlocks.start()
 	err := s.Server.Start()
+	s.deadlocks.stop()
 	s.queue.stop()
 	if closeErr := s.closeEnhanced(); closeErr != nil {
 		s.Logger.Err("closing enhanced locking backend: %v", closeErr)

@@ -71,9 +71,12 @@ type LockingFeaturesConfig struct {
 	AutoPlan           bool
 	DeadlockDetection  bool
 	DeadlockResolution string
-	RetryMechanism     bool
-	RetryMaxAttempts   int
-	RetryBackoff       time.Duration
+	// DeadlockCheckInterval is how often each replica checks the queues for
+	// deadlocks besides when a pull queues.
+	DeadlockCheckInterval time.Duration
+	RetryMechanism        bool
+	RetryMaxAttempts      int
+	RetryBackoff          time.Duration
 	// CommandLeaseTTL is how long a pull's command lease outlives its last
 	// renewal (commandlease.Options.TTL).
 	CommandLeaseTTL time.Duration
@@ -104,12 +107,13 @@ func DefaultEnhancedLockingConfig() EnhancedLockingConfig {
 			DialTimeout: 5 * time.Second,
 		},
 		Features: LockingFeaturesConfig{
-			QueueTimeout:       24 * time.Hour,
-			DeadlockResolution: DeadlockResolutionNotify,
-			RetryMaxAttempts:   3,
-			RetryBackoff:       200 * time.Millisecond,
-			CommandLeaseTTL:    commandlease.DefaultTTL,
-			CommandWaitTimeout: commandlease.DefaultWaitTimeout,
+			QueueTimeout:          24 * time.Hour,
+			DeadlockResolution:    DeadlockResolutionNotify,
+			DeadlockCheckInterval: time.Minute,
+			RetryMaxAttempts:      3,
+			RetryBackoff:          200 * time.Millisecond,
+			CommandLeaseTTL:       commandlease.DefaultTTL,
+			CommandWaitTimeout:    commandlease.DefaultWaitTimeout,
 		},
 		Fallback:    FallbackConfig{Mode: FallbackNone},
 		Performance: PerformanceConfig{HealthCheckInterval: 10 * time.Second},
