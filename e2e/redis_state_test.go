@@ -307,6 +307,12 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 					bad("command lease listing %s names %s, which is not a lease key", k, m)
 				}
 			}
+		case strings.HasPrefix(k, "claim:"):
+			// A replica's claim of a deadlock it acts on: it lapses, so a
+			// deadlock that forms again is acted on again.
+			if d := ttl(k); d == -1 {
+				bad("claim %s does not expire", k)
+			}
 		case k == applyLockKey:
 		case k == deliveriesKey:
 			if d := ttl(k); d <= 0 || d > deliveryTTL {
