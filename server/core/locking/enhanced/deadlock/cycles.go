@@ -35,8 +35,10 @@ type Deadlock struct {
 // Locks returns the keys of the locks waited for in the deadlock, in order.
 func (d Deadlock) Locks() []string {
 	var keys []string
+	seen := map[string]bool{}
 	for _, w := range d.Waits {
-		if !slices.Contains(keys, w.Key()) {
+		if !seen[w.Key()] {
+			seen[w.Key()] = true
 			keys = append(keys, w.Key())
 		}
 	}
@@ -63,10 +65,17 @@ func (g *Graph) deadlock(component []enhanced.PullRef) Deadlock {
 	for _, p := range component {
 		in[p] = true
 	}
-	d := Deadlock{Pulls: component}
-	for _, w := range g.waits {
-		if in[w.Waiter] && in[w.Holder] {
-			d.Waits = append(d.Waits, w)
+	inside := func(w *Wait) bool { return in[w.Waiter] && in[w.Holder] }
+	n := 0
+	for i := range g.waits {
+		if inside(&g.waits[i]) {
+			n++
+		}
+	}
+	d := Deadlock{Pulls: component, Waits: make([]Wait, 0, n)}
+	for i := range g.waits {
+		if inside(&g.waits[i]) {
+			d.Waits = append(d.Waits, g.waits[i])
 		}
 	}
 	d.Cycle = g.shortestCycle(component[0], in)

@@ -202,8 +202,13 @@ func (d *Detector) Check(ctx context.Context) ([]Outcome, error) {
 func (d *Detector) handle(ctx context.Context, dl Deadlock) Outcome {
 	out := Outcome{Deadlock: dl}
 	stands, err := d.stillStands(ctx, dl)
-	if err != nil || !stands {
-		out.Gone, out.Err = !stands, err
+	if err != nil {
+		out.Err = err
+		d.opts.Logger.Warn("enhanced locking: %s; the next check tries again", err)
+		return out
+	}
+	if !stands {
+		out.Gone = true
 		return out
 	}
 	ttl := d.opts.NotifyAgainAfter
@@ -211,6 +216,9 @@ func (d *Detector) handle(ctx context.Context, dl Deadlock) Outcome {
 		ttl = d.opts.ResolveTimeout
 	}
 	out.Claimed, out.Err = d.claims.ClaimOnce(ctx, "deadlock:"+string(d.opts.Resolution)+":"+dl.ID, ttl)
+	if out.Err != nil {
+		d.opts.Logger.Warn("enhanced locking: claiming deadlock %s (the next check tries again): %s", dl.ID, out.Err)
+	}
 	if !out.Claimed {
 		return out
 	}

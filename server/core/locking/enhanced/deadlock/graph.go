@@ -32,10 +32,15 @@ type Wait struct {
 	HolderID string
 	// Entry is the waiter's entry in Lock's queue.
 	Entry enhanced.QueueEntry
+	// key is Key, computed once: sorting and hashing ask for it often.
+	key string
 }
 
 // Key is the lock's key, as upstream names locks.
 func (w Wait) Key() string {
+	if w.key != "" {
+		return w.key
+	}
 	return models.GenerateLockKey(w.Lock.Project, w.Lock.Workspace)
 }
 
@@ -76,7 +81,11 @@ type Graph struct {
 // NewGraph builds the graph from the queues, as QueueBackend.Queues returns
 // them.
 func NewGraph(queues []enhanced.LockQueue) *Graph {
-	var waits []Wait
+	n := 0
+	for _, q := range queues {
+		n += len(q.Entries)
+	}
+	waits := make([]Wait, 0, n)
 	for _, q := range queues {
 		if q.Holder == nil {
 			continue
@@ -90,14 +99,25 @@ func NewGraph(queues []enhanced.LockQueue) *Graph {
 			if waiter == holder {
 				continue
 			}
-			waits = append(waits, Wait{Waiter: waiter, Holder: holder, Lock: *q.Holder, HolderID: q.HolderID, Entry: e})
+			waits = append(waits, Wait{Waiter: waiter, Holder: holder, Lock: *q.Holder, HolderID: q.HolderID, Entry: e,
+				key: models.GenerateLockKey(q.Holder.Project, q.Holder.Workspace)})
 		}
 	}
 	return newGraph(waits)
 }
 
-func newGraph(waits []Wait) *Graph {
-	slices.SortFunc(waits, compareWaits)
+func newGraph(unsorted []Wait) *Graph {
+	// Sorted through indexes: a Wait carries two locks, too big to move
+	// around at every swap.
+	order := make([]int, len(unsorted))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return compareWaits(&unsorted[a], &unsorted[b]) })
+	waits := make([]Wait, len(unsorted))
+	for i, j := range order {
+		waits[i] = unsorted[j]
+	}
 	g := &Graph{waits: waits, out: map[enhanced.PullRef][]int{}}
 	seen := map[enhanced.PullRef]bool{}
 	for i, w := range waits {
@@ -132,6 +152,6 @@ func comparePulls(a, b enhanced.PullRef) int {
 	return cmp.Or(cmp.Compare(a.RepoFullName, b.RepoFullName), cmp.Compare(a.Num, b.Num))
 }
 
-func compareWaits(a, b Wait) int {
+func compareWaits(a, b *Wait) int {
 	return cmp.Or(comparePulls(a.Waiter, b.Waiter), comparePulls(a.Holder, b.Holder), cmp.Compare(a.Key(), b.Key()))
 }
