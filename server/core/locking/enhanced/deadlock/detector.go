@@ -139,6 +139,9 @@ func (d *Detector) Trigger() {
 
 // Run checks at start, at every interval and when triggered, until ctx is
 // done. A check that fails is logged; the next one reads everything again.
+// Checks run one at a time, so a release that waits for its victim's
+// command (ReleaseVictim with a Guard) holds this replica's next check back
+// meanwhile; the other replicas keep checking.
 func (d *Detector) Run(ctx context.Context) {
 	var tick <-chan time.Time
 	if d.opts.Interval > 0 {
