@@ -102,11 +102,20 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 		for _, f := range []struct {
 			set  bool
 			flag string
-		}{{c.Features.AutoPlan, EnhancedLockingAutoPlanFlag}, {c.Features.PriorityRulesFile != "", EnhancedLockingPriorityRulesFlag}} {
+		}{
+			{c.Features.AutoPlan, EnhancedLockingAutoPlanFlag},
+			{c.Features.PriorityRulesFile != "", EnhancedLockingPriorityRulesFlag},
+			// Deadlocks are pulls waiting in durable queues: without them
+			// there is nothing to detect.
+			{c.Features.DeadlockDetection, EnhancedLockingDeadlockDetectionFlag},
+		} {
 			if f.set {
 				return fmt.Errorf("--%s only applies to the priority queue: add --%s=true or drop it", f.flag, EnhancedLockingPriorityQueueFlag)
 			}
 		}
+	}
+	if err := validateDeadlockFlags(c); err != nil {
+		return err
 	}
 	// The BoltDB backend and the BoltDB fallback run on the database upstream
 	// opened; if that is upstream's Redis, "boltdb" would silently be
@@ -142,6 +151,28 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 	}
 	if c.Redis.SentinelMaster != "" && c.Redis.Mode != server.RedisModeSentinel {
 		return fmt.Errorf("--%s is set but --%s is %s: add --%s=sentinel or drop the master name", EnhancedLockingRedisSentinelMasterFlag, EnhancedLockingRedisModeFlag, c.Redis.Mode, EnhancedLockingRedisModeFlag)
+	}
+	return nil
+}
+
+// validateDeadlockFlags refuses deadlock settings that would change nothing:
+// a resolution or interval other than the default without detection on.
+func validateDeadlockFlags(c server.EnhancedLockingConfig) error {
+	if !c.Enabled || c.Features.DeadlockDetection {
+		return nil
+	}
+	defaults := server.DefaultEnhancedLockingConfig().Features
+	for _, f := range []struct {
+		set  bool
+		flag string
+	}{
+		{c.Features.DeadlockResolution != defaults.DeadlockResolution, EnhancedLockingDeadlockResolutionFlag},
+		{c.Features.DeadlockCheckInterval != defaults.DeadlockCheckInterval, EnhancedLockingDeadlockIntervalFlag},
+	} {
+		if f.set {
+			return fmt.Errorf("--%s only applies to deadlock detection: add --%s=true (with --%s=true) or drop it",
+				f.flag, EnhancedLockingDeadlockDetectionFlag, EnhancedLockingPriorityQueueFlag)
+		}
 	}
 	return nil
 }

@@ -42,6 +42,7 @@ const (
 	EnhancedLockingReaperRateFlag          = "enhanced-locking-stale-lock-reaper-calls-per-minute"
 	EnhancedLockingDeadlockDetectionFlag   = "enhanced-locking-deadlock-detection"
 	EnhancedLockingDeadlockResolutionFlag  = "enhanced-locking-deadlock-resolution"
+	EnhancedLockingDeadlockIntervalFlag    = "enhanced-locking-deadlock-check-interval"
 	EnhancedLockingRetryFlag               = "enhanced-locking-retry"
 	EnhancedLockingRetryMaxAttemptsFlag    = "enhanced-locking-retry-max-attempts"
 	EnhancedLockingRetryBackoffFlag        = "enhanced-locking-retry-backoff"
@@ -241,17 +242,23 @@ var enhancedFlags = []enhancedFlag{
 	},
 	{
 		name:        EnhancedLockingDeadlockDetectionFlag,
-		description: "Detect pulls that wait on each other's locks forever. Not implemented yet (phase 5): setting it changes nothing.",
+		description: "Find pulls that wait in lock queues for each other's locks forever, when a pull queues and at every check interval, and resolve them as --enhanced-locking-deadlock-resolution says; needs the priority queue.",
 		get:         func(c server.EnhancedLockingConfig) string { return strconv.FormatBool(c.Features.DeadlockDetection) },
 		isBool:      true,
 		set:         boolSetter(func(c *server.EnhancedLockingConfig, v bool) { c.Features.DeadlockDetection = v }),
 	},
 	{
 		name:        EnhancedLockingDeadlockResolutionFlag,
-		description: "What to do with a deadlock: notify (comment only) or release-victim (free the locks and queue entries of the lowest-priority, youngest pull). Not implemented yet (phase 5): setting it changes nothing.",
+		description: "What to do with a deadlock: notify (comment on each of its pulls, naming the locks and what each can do) or release-victim (take the lowest-priority, then youngest, pull out of its queues and free its locks the others wait for, with a comment on each pull).",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Features.DeadlockResolution },
 		set: oneOfSetter([]string{server.DeadlockResolutionNotify, server.DeadlockResolutionReleaseVictim},
 			func(c *server.EnhancedLockingConfig, v string) { c.Features.DeadlockResolution = v }),
+	},
+	{
+		name:        EnhancedLockingDeadlockIntervalFlag,
+		description: "How often each replica checks every lock queue for deadlocks, besides whenever a pull queues, as a Go duration.",
+		get:         func(c server.EnhancedLockingConfig) string { return c.Features.DeadlockCheckInterval.String() },
+		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.DeadlockCheckInterval = v }),
 	},
 	{
 		name:        EnhancedLockingRetryFlag,

@@ -303,6 +303,12 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 		case k == outboxKey, k == outboxNoticesKey:
 			// Notices on their way to their pulls; the queue tests check
 			// that they are delivered.
+		case strings.HasPrefix(k, "claim:"):
+			// A replica's claim of a deadlock it acts on: it lapses, so a
+			// deadlock that forms again is acted on again.
+			if d := ttl(k); d == -1 {
+				bad("claim %s does not expire", k)
+			}
 		case k == applyLockKey:
 		case k == deliveriesKey:
 			if d := ttl(k); d <= 0 || d > deliveryTTL {

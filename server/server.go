@@ -36,6 +36,8 @@ type Server struct {
 	backend *lockBackend
 	// queue is the priority queue; nil when it is off.
 	queue *lockQueue
+	// deadlocks is the deadlock detector; nil when it is off.
+	deadlocks *deadlockDetection
 	// leases run one command per pull across the fleet; nil when enhanced
 	// locking is off.
 	leases *commandlease.Manager
@@ -47,8 +49,8 @@ type Server struct {
 	webhookSecrets webhookSecrets
 	// events is the lock event stream the adapter and the queue publish on;
 	// sampler keeps the gauges. Both nil when enhanced locking is off.
-	events              *lockevents.Bus
-	sampler             *metrics.Sampler
+	events  *lockevents.Bus
+	sampler *metrics.Sampler
 	// apiSecret is upstream's --api-secret: our API routes check it as
 	// upstream's API does.
 	apiSecret []byte
@@ -145,6 +147,10 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) (e
 		Events:              s.events,
 	})
 	s.sampler = s.newSampler(scope, backend)
+	if s.deadlocks, err = s.newDeadlockDetection(backend, scope, leases.leases); err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
 	if backend.health != nil {
 		backend.health.OnChange(func(_, now healthReport) {
 			s.Adapter.BackendHealthChanged(now.Status != redisclient.HealthUnhealthy)
@@ -268,12 +274,14 @@ func (s *Server) startEnhanced() (stop func(), err error) {
 	if s.queue != nil {
 		s.queue.start()
 	}
+	s.deadlocks.start()
 	var running sync.WaitGroup
 	if s.sampler != nil {
 		running.Go(func() { s.sampler.Run(ctx) })
 	}
 	stop = func() {
 		cancel()
+		s.deadlocks.stop()
 		s.queue.stop()
 		running.Wait()
 	}

@@ -52,6 +52,10 @@ func TestSeamTypes(t *testing.T) {
 		"SEAM BROKEN: VCSEventsController.CommandRunner no longer carries the webhook commands; installCommandRunner must be rewritten for this upstream version")
 	var _ events.CommandRunner = srv.VCSEventsController.CommandRunner
 	Assert(t, srv.LocksController.VCSClient != nil, "SEAM BROKEN: LocksController.VCSClient no longer exposes the VCS client the queue comments through")
+	deleteLock, ok := srv.LocksController.DeleteLockCommand.(*events.DefaultDeleteLockCommand)
+	Assert(t, ok && deleteLock.Locker != nil && deleteLock.WorkingDir != nil,
+		"SEAM BROKEN: LocksController.DeleteLockCommand is %T, not a *events.DefaultDeleteLockCommand with its Locker and WorkingDir; victimReleaser must be rewritten for this upstream version",
+		srv.LocksController.DeleteLockCommand)
 }
 
 // TestSeam_UpstreamComponentsUseTheInstalledDatabase locks through upstream's

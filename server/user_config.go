@@ -79,6 +79,9 @@ type LockingFeaturesConfig struct {
 	// to deliver it before another replica takes it over
 	// (queue.WorkerOptions.Lease).
 	QueueNoticeLease time.Duration
+	// DeadlockCheckInterval is how often each replica checks the queues for
+	// deadlocks besides when a pull queues.
+	DeadlockCheckInterval time.Duration
 	// CommandLeaseTTL is how long a pull's command lease outlives its last
 	// renewal (commandlease.Options.TTL).
 	CommandLeaseTTL time.Duration
@@ -120,6 +123,7 @@ func DefaultEnhancedLockingConfig() EnhancedLockingConfig {
 			QueueTimeout:                  24 * time.Hour,
 			QueueNoticeLease:              queue.DefaultNoticeLease,
 			DeadlockResolution:            DeadlockResolutionNotify,
+			DeadlockCheckInterval:         time.Minute,
 			RetryMaxAttempts:              3,
 			RetryBackoff:                  200 * time.Millisecond,
 			CommandLeaseTTL:               commandlease.DefaultTTL,

@@ -35,6 +35,7 @@ import (
 //	cmdwait{repo::num}                       commands waiting for it: ZSET token -> first ask, Redis us
 //	cmdwaitlive{repo::num}                   their liveness deadlines: HASH token -> Redis ms
 //	cmdleases                                SET of command lease keys, for listing only (pruned on read)
+//	claim:{name}                             a replica's claim of name, e.g. a deadlock it acts on: expires
 //	atlantis:enhanced:rollback-snapshot:{id} what Redis held when a rollback began (redis_rollback.go)
 //
 // {T}S is how a related key lands in its lock key's cluster slot. Redis hashes
@@ -166,6 +167,11 @@ func (ks keyspace) commandLease(repoFullName string, pullNum int) []string {
 // trusted alone: a listed key that is gone is no lease.
 func (ks keyspace) commandLeases() string {
 	return ks.prefix + "cmdleases"
+}
+
+// claim names a ClaimOnce key.
+func (ks keyspace) claim(name string) string {
+	return ks.prefix + "claim:" + name
 }
 
 func (ks keyspace) command(name command.Name) string {

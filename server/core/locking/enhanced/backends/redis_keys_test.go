@@ -101,7 +101,7 @@ func TestNoKeyMatchesUpstreamScans(t *testing.T) {
 			for _, p := range oddProjects {
 				k := ks.forProject(p.project, p.workspace)
 				index, closing := ks.pull(p.project.RepoFullName, 7)
-				keys := append(k.script(), k.channel, index, closing, ks.shards(), ks.command(command.Apply), ks.rollbackSnapshot("id"))
+				keys := append(k.script(), k.channel, index, closing, ks.shards(), ks.command(command.Apply), ks.rollbackSnapshot("id"), ks.claim("deadlock:notify:id"))
 				for _, key := range keys {
 					matches := strings.HasPrefix(key, upstreamScanPrefix)
 					isUpstreamLock := prefix == "" && key == k.lock

@@ -24,6 +24,14 @@ const (
 	// EventMirrorFailed: the legacy copy of a lock change could not be written,
 	// so a rollback would not see it.
 	EventMirrorFailed EventType = "mirror_failed"
+	// EventDeadlockDetected: pulls wait in lock queues for each other's locks
+	// (package deadlock); Lock is one of those locks. Published by the one
+	// replica that acts on the deadlock.
+	EventDeadlockDetected EventType = "deadlock_detected"
+	// EventDeadlockResolved: the pulls of a deadlock were told of it
+	// (notify), or its victim was freed (release-victim); Lock is a lock the
+	// victim freed, or one of the deadlock's.
+	EventDeadlockResolved EventType = "deadlock_resolved"
 )
 
 // Event is one occurrence of an EventType.

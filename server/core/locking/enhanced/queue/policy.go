@@ -23,6 +23,10 @@ type Policy struct {
 	timeout  time.Duration
 	notifier *Notifier
 
+	// onQueued hears of every queued request, without blocking: the
+	// deadlock detector's trigger. Set before the policy is in use.
+	onQueued func()
+
 	mu   sync.Mutex
 	runs map[pullKey]*pullRun
 	// telling counts the notifications Left started.
@@ -68,14 +72,21 @@ func (p *Policy) ShouldQueue(lock models.ProjectLock) bool {
 // Timeout implements enhanced.QueuePolicy.
 func (p *Policy) Timeout() time.Duration { return p.timeout }
 
+// OnQueued makes f hear of every request put in a queue, or found there
+// already; f must not block. Call it before the policy is in use.
+func (p *Policy) OnQueued(f func()) { p.onQueued = f }
+
 // Queued implements enhanced.QueuePolicy: the pull hears of it when its
 // command ends.
 func (p *Policy) Queued(res enhanced.EnqueueResult) {
 	lock := res.Entry.Lock
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if run := p.runs[keyOf(lock.Pull.BaseRepo.FullName, lock.Pull.Num)]; run != nil {
 		run.queued = true
+	}
+	p.mu.Unlock()
+	if p.onQueued != nil {
+		p.onQueued()
 	}
 }
 

@@ -309,6 +309,8 @@ func TestPolicy_QueuesOnlyPlansAndCommentsOncePerCommand(t *testing.T) {
 	rules, err := queue.ParseRules([]byte("rules:\n  - dir: prod\n    priority: high\n"), "rules.yaml")
 	Ok(t, err)
 	policy := queue.NewPolicy(rules, time.Hour, queue.NewNotifier(r.backend, r.vcs, true, nil))
+	queued := 0
+	policy.OnQueued(func() { queued++ })
 	baseRepo := pullLock("dir", 2).Pull.BaseRepo
 
 	Assert(t, !policy.ShouldQueue(pullLock("prod", 2)), "queued with no command running")
@@ -325,6 +327,7 @@ func TestPolicy_QueuesOnlyPlansAndCommentsOncePerCommand(t *testing.T) {
 		mustLock(t, r.backend, pullLock(path, 1))
 		policy.Queued(enqueue(t, r.backend, pullLock(path, 2), enhanced.PriorityNormal))
 	}
+	Equals(t, 2, queued) // the deadlock detector heard of each
 	plan()
 	Equals(t, 0, len(withPrefix(positions, r))) // the apply still runs
 	apply()

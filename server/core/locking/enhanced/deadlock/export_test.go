@@ -1,0 +1,4 @@
+package deadlock
+
+// NewMemoryClaimsAt is NewMemoryClaims on the clock now.
+var NewMemoryClaimsAt = newMemoryClaims
