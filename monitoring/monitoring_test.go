@@ -283,3 +283,24 @@ func TestMetricNames(t *testing.T) {
 		Assert(t, have[want], "%s not among the names: %v", want, names)
 	}
 }
+
+// docLink is a markdown link to a page of the docs folder or a section.
+var docLink = regexp.MustCompile(`\]\(([a-z0-9-]*\.md)?(#[a-z0-9-]+)?\)`)
+
+// TestMonitoringDocLinksResolve checks the links of the monitoring page into
+// the docs: each page exists and has the heading its anchor names.
+func TestMonitoringDocLinksResolve(t *testing.T) {
+	const page = "enhanced-locking-monitoring.md"
+	data, err := os.ReadFile(filepath.Join(docsDir, page))
+	Ok(t, err)
+	links := docLink.FindAllStringSubmatch(string(data), -1)
+	Assert(t, len(links) > 0, "no links found in %s", page)
+	for _, l := range links {
+		target, anchor := l[1], strings.TrimPrefix(l[2], "#")
+		if target == "" {
+			target = page
+		}
+		found := anchors(t, filepath.Join(docsDir, target))
+		Assert(t, anchor == "" || found[anchor], "%s links to %s#%s, which has no such heading", page, target, anchor)
+	}
+}
