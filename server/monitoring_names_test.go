@@ -84,9 +84,10 @@ func scrapedNames(t *testing.T, file string) map[string]bool {
 // TestMonitoringNamesAreExported and does nothing on its own. It builds the
 // server as `atlantis server` would with Prometheus on in upstream's way (the
 // metrics block of the server-side repo config, upstream's default stats
-// namespace), on a real Redis with the queue and the BoltDB fallback on, runs
-// its health checks, drives lock traffic and a fallback and back, and writes
-// the server's /metrics to the file scrapeOutEnv names.
+// namespace), on a real Redis with the queue, deadlock detection and the
+// BoltDB fallback on, runs its health checks, drives lock traffic and a
+// fallback and back, and writes the server's /metrics to the file
+// scrapeOutEnv names.
 //
 // Untagged series exist from the start: upstream's Prometheus reporter is a
 // cached reporter, which registers a series, at zero, as soon as the server
@@ -104,7 +105,10 @@ func TestMonitoringScrapeHelperProcess(t *testing.T) {
 	userConfig.StatsNamespace = "atlantis"
 	userConfig.RepoConfig = filepath.Join(t.TempDir(), "repos.yaml")
 	Ok(t, os.WriteFile(userConfig.RepoConfig, []byte("metrics:\n  prometheus:\n    endpoint: /metrics\n"), 0o600))
+	// Every feature with series of its own is on: the queue, deadlock
+	// detection and the fallback.
 	cfg := queueConfig(redisSrv.Addr)
+	cfg.Features.DeadlockDetection = true
 	cfg.Fallback.Mode = FallbackBoltDB
 	cfg.Redis.DialTimeout = 300 * time.Millisecond
 	cfg.Performance.HealthCheckInterval = 100 * time.Millisecond
