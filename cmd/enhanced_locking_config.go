@@ -18,6 +18,9 @@ import (
 // minCommandLeaseTTL is the shortest --enhanced-locking-command-lease-ttl.
 const minCommandLeaseTTL = time.Second
 
+// minQueueNoticeLease is the shortest --enhanced-locking-queue-notice-lease.
+const minQueueNoticeLease = time.Second
+
 // enhancedLockingConfig reads every --enhanced-locking-* value from v (flag >
 // env > config file > default) and checks that they make sense together.
 func enhancedLockingConfig(v *viper.Viper) (server.EnhancedLockingConfig, error) {
@@ -85,6 +88,15 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 	// second, one slow round trip loses a healthy command's lease.
 	if c.Features.CommandLeaseTTL < minCommandLeaseTTL {
 		return fmt.Errorf("invalid --%s %s: use %s or more, such as the default %s", EnhancedLockingCommandLeaseTTLFlag, c.Features.CommandLeaseTTL, minCommandLeaseTTL, commandlease.DefaultTTL)
+	}
+	if c.Features.StaleLockReaperDryRun && !c.Features.StaleLockReaper {
+		return fmt.Errorf("--%s only applies to the stale-lock reaper: add --%s=true or drop it", EnhancedLockingReaperDryRunFlag, EnhancedLockingReaperFlag)
+	}
+	// A delivery is a comment or two over the network; a lease below a
+	// second runs out during most of them, and another replica posts the
+	// same comment again.
+	if c.Features.QueueNoticeLease < minQueueNoticeLease {
+		return fmt.Errorf("invalid --%s %s: use %s or more, such as the default %s", EnhancedLockingQueueNoticeLeaseFlag, c.Features.QueueNoticeLease, minQueueNoticeLease, queue.DefaultNoticeLease)
 	}
 	if c.Enabled && !c.Features.PriorityQueue {
 		for _, f := range []struct {

@@ -31,10 +31,15 @@ const (
 	EnhancedLockingPriorityQueueFlag       = "enhanced-locking-priority-queue"
 	EnhancedLockingPriorityRulesFlag       = "enhanced-locking-priority-rules"
 	EnhancedLockingQueueTimeoutFlag        = "enhanced-locking-queue-timeout"
+	EnhancedLockingQueueNoticeLeaseFlag    = "enhanced-locking-queue-notice-lease"
 	EnhancedLockingWaitTimeoutFlag         = "enhanced-locking-wait-timeout"
 	EnhancedLockingAutoPlanFlag            = "enhanced-locking-auto-plan"
 	EnhancedLockingCommandLeaseTTLFlag     = "enhanced-locking-command-lease-ttl"
 	EnhancedLockingCommandWaitTimeoutFlag  = "enhanced-locking-command-wait-timeout"
+	EnhancedLockingReaperFlag              = "enhanced-locking-stale-lock-reaper"
+	EnhancedLockingReaperIntervalFlag      = "enhanced-locking-stale-lock-reaper-interval"
+	EnhancedLockingReaperDryRunFlag        = "enhanced-locking-stale-lock-reaper-dry-run"
+	EnhancedLockingReaperRateFlag          = "enhanced-locking-stale-lock-reaper-calls-per-minute"
 	EnhancedLockingDeadlockDetectionFlag   = "enhanced-locking-deadlock-detection"
 	EnhancedLockingDeadlockResolutionFlag  = "enhanced-locking-deadlock-resolution"
 	EnhancedLockingRetryFlag               = "enhanced-locking-retry"
@@ -172,6 +177,12 @@ var enhancedFlags = []enhancedFlag{
 		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.QueueTimeout = v }),
 	},
 	{
+		name:        EnhancedLockingQueueNoticeLeaseFlag,
+		description: "How long a replica that took a lock hand-over or expiry to announce has to comment (and start the re-plan) before another replica takes it over: a replica that dies meanwhile delays the announcement this long at most; shorter than one delivery's VCS calls, the comment may be posted twice.",
+		get:         func(c server.EnhancedLockingConfig) string { return c.Features.QueueNoticeLease.String() },
+		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.QueueNoticeLease = v }),
+	},
+	{
 		name:        EnhancedLockingWaitTimeoutFlag,
 		description: "How long a lock request held by another pull waits for a release before answering; 0s answers at once like upstream.",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Features.WaitTimeout.String() },
@@ -195,6 +206,38 @@ var enhancedFlags = []enhancedFlag{
 		description: "How long a command waits for another command of the same pull request, on any replica, to finish before it gives up with a PR comment.",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Features.CommandWaitTimeout.String() },
 		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.CommandWaitTimeout = v }),
+	},
+	{
+		name:        EnhancedLockingReaperFlag,
+		description: "Periodically ask the VCS about every pull request holding a lock or a queue entry, and release those of closed or merged pull requests whose webhook was missed.",
+		get:         func(c server.EnhancedLockingConfig) string { return strconv.FormatBool(c.Features.StaleLockReaper) },
+		isBool:      true,
+		set:         boolSetter(func(c *server.EnhancedLockingConfig, v bool) { c.Features.StaleLockReaper = v }),
+	},
+	{
+		name:        EnhancedLockingReaperIntervalFlag,
+		description: "How often the stale-lock reaper checks, as a Go duration.",
+		get:         func(c server.EnhancedLockingConfig) string { return c.Features.StaleLockReaperInterval.String() },
+		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.StaleLockReaperInterval = v }),
+	},
+	{
+		name:        EnhancedLockingReaperDryRunFlag,
+		description: "Have the stale-lock reaper only log (and count) the locks it would release.",
+		get: func(c server.EnhancedLockingConfig) string {
+			return strconv.FormatBool(c.Features.StaleLockReaperDryRun)
+		},
+		isBool: true,
+		set:    boolSetter(func(c *server.EnhancedLockingConfig, v bool) { c.Features.StaleLockReaperDryRun = v }),
+	},
+	{
+		name:        EnhancedLockingReaperRateFlag,
+		description: "The most VCS API calls the stale-lock reaper makes a minute (one per pull request checked), across the fleet: one replica reaps at a time.",
+		get: func(c server.EnhancedLockingConfig) string {
+			return strconv.Itoa(c.Features.StaleLockReaperCallsPerMinute)
+		},
+		set: intSetter(1, "1 or more calls a minute", func(c *server.EnhancedLockingConfig, v int) {
+			c.Features.StaleLockReaperCallsPerMinute = v
+		}),
 	},
 	{
 		name:        EnhancedLockingDeadlockDetectionFlag,

@@ -79,6 +79,7 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 		"--enhanced-locking-priority-queue",
 		"--enhanced-locking-priority-rules="+rules,
 		"--enhanced-locking-queue-timeout=3h",
+		"--enhanced-locking-queue-notice-lease=90s",
 		"--enhanced-locking-wait-timeout=4s",
 		"--enhanced-locking-auto-plan",
 		"--enhanced-locking-deadlock-detection",
@@ -88,6 +89,10 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 		"--enhanced-locking-retry-backoff=50ms",
 		"--enhanced-locking-command-lease-ttl=45s",
 		"--enhanced-locking-command-wait-timeout=20m",
+		"--enhanced-locking-stale-lock-reaper",
+		"--enhanced-locking-stale-lock-reaper-interval=30m",
+		"--enhanced-locking-stale-lock-reaper-dry-run",
+		"--enhanced-locking-stale-lock-reaper-calls-per-minute=30",
 		"--enhanced-locking-health-check-interval=1s",
 	)
 	Ok(t, err)
@@ -100,10 +105,11 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 			KeyPrefix: "team-a:", PoolSize: 7, DialTimeout: 2 * time.Second,
 		},
 		Features: server.LockingFeaturesConfig{
-			PriorityQueue: true, PriorityRulesFile: rules, QueueTimeout: 3 * time.Hour, WaitTimeout: 4 * time.Second,
+			PriorityQueue: true, PriorityRulesFile: rules, QueueTimeout: 3 * time.Hour, QueueNoticeLease: 90 * time.Second, WaitTimeout: 4 * time.Second,
 			AutoPlan: true, DeadlockDetection: true, DeadlockResolution: "release-victim",
 			RetryMechanism: true, RetryMaxAttempts: 5, RetryBackoff: 50 * time.Millisecond,
 			CommandLeaseTTL: 45 * time.Second, CommandWaitTimeout: 20 * time.Minute,
+			StaleLockReaper: true, StaleLockReaperInterval: 30 * time.Minute, StaleLockReaperDryRun: true, StaleLockReaperCallsPerMinute: 30,
 		},
 		Fallback:    server.FallbackConfig{Mode: "none"},
 		Performance: server.PerformanceConfig{HealthCheckInterval: time.Second},
@@ -126,6 +132,7 @@ func TestServerCmd_Precedence(t *testing.T) {
 	Equals(t, 33*time.Second, creator.enhanced.Features.WaitTimeout) // flag over env
 	Equals(t, []string{"a:1", "b:2"}, creator.enhanced.Redis.Addrs)  // YAML list
 	Equals(t, 24*time.Hour, creator.enhanced.Features.QueueTimeout)  // default
+	Equals(t, 2*time.Minute, creator.enhanced.Features.QueueNoticeLease)
 }
 
 func TestServerCmd_BadInput(t *testing.T) {
@@ -160,6 +167,12 @@ func TestServerCmd_BadInput(t *testing.T) {
 			nil, `invalid --enhanced-locking-redis-dial-timeout "-1s": use a duration greater than zero`},
 		{"command lease shorter than a second", []string{"--enhanced-locking-command-lease-ttl=500ms"},
 			nil, `invalid --enhanced-locking-command-lease-ttl 500ms: use 1s or more, such as the default 30s`},
+		{"reaper dry run without the reaper", []string{"--enhanced-locking-stale-lock-reaper-dry-run"},
+			nil, `--enhanced-locking-stale-lock-reaper-dry-run only applies to the stale-lock reaper: add --enhanced-locking-stale-lock-reaper=true or drop it`},
+		{"no reaper calls", []string{"--enhanced-locking-stale-lock-reaper-calls-per-minute=0"},
+			nil, `invalid --enhanced-locking-stale-lock-reaper-calls-per-minute "0"`},
+		{"queue notice lease shorter than a second", []string{"--enhanced-locking-queue-notice-lease=200ms"},
+			nil, `invalid --enhanced-locking-queue-notice-lease 200ms: use 1s or more, such as the default 2m0s`},
 		{"zero command wait", []string{"--enhanced-locking-command-wait-timeout=0s"},
 			nil, `invalid --enhanced-locking-command-wait-timeout "0s": use a duration greater than zero`},
 		{"negative wait", []string{"--enhanced-locking-wait-timeout=-1s"},

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -189,4 +190,28 @@ func (h *harness) waitNoticesDelivered() {
 		left := h.exists(outboxKey) || h.exists(outboxNoticesKey)
 		return !left, h.describeRedis()
 	})
+}
+
+// planSucceeded says whether the last status of the plan of the project in
+// dir on pr's current head is a success set after m.
+func (h *harness) planSucceeded(pr *vcssim.PullRequest, m mark, dir string) bool {
+	h.t.Helper()
+	current, err := h.sim.PullRequest(repoFull, pr.Number)
+	Ok(h.t, err)
+	var last *vcssim.Status
+	for _, st := range h.sim.Statuses(repoFull, current.HeadSHA) {
+		if st.Context == "atlantis/plan: "+dir+"/default" {
+			last = &st
+		}
+	}
+	return last != nil && last.State == "success" && !last.CreatedAt.Before(m.time)
+}
+
+// mergeFiles is the union of file sets.
+func mergeFiles(sets ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, s := range sets {
+		maps.Copy(out, s)
+	}
+	return out
 }

@@ -46,9 +46,11 @@ const (
 	queuesKey        = "queues"
 	outboxKey        = "outbox"
 	outboxNoticesKey = "outbox:notices"
-	// commandLeasesKey lists the command leases held (backends/redis_keys.go).
-	commandLeasesKey = "cmdleases"
 )
+
+// commandLeasesKey lists the pulls' command leases (cmdlease{repo::num}),
+// pruned when read (backends/redis_keys.go).
+const commandLeasesKey = "cmdleases"
 
 // releaseTimes is the enhanced backend's record of when each lock was last
 // released: HASH lock key -> unix microseconds.
@@ -232,6 +234,13 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	ttl := func(k string) time.Duration { return h.rdb.PTTL(ctx, k).Val() }
+	membersStartWith := func(set, prefix, what, want string) {
+		for _, m := range h.rdb.SMembers(ctx, set).Val() {
+			if !strings.HasPrefix(m, prefix) {
+				bad("%s %s names %s, which is not %s", what, set, m, want)
+			}
+		}
+	}
 	byUpstream := func(lock string) bool {
 		n, err := h.holder(lock)
 		return err == nil && slices.Contains(upstreamPulls, n)
@@ -256,11 +265,7 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 				}
 			}
 		case strings.HasPrefix(k, "pull{"):
-			for _, m := range h.rdb.SMembers(ctx, k).Val() {
-				if !strings.HasPrefix(m, "pr/") {
-					bad("pull index %s names %s, which is not a lock key", k, m)
-				}
-			}
+			membersStartWith(k, "pr/", "pull index", "a lock key")
 		case strings.HasPrefix(k, "pullclosing{"):
 			// Only exists while an UnlockByPull runs, or after one failed.
 			bad("%s is left over from an UnlockByPull that did not finish", k)
@@ -284,11 +289,7 @@ func (h *harness) checkRedisConsistentWith(upstreamPulls []int) {
 			// May name locks whose entries left since, until a sweep prunes
 			// them (backends/redis_queue.go); the entries themselves, in
 			// w{…} and qm{…}, belong to live locks, as checked above.
-			for _, m := range h.rdb.SMembers(ctx, k).Val() {
-				if !strings.HasPrefix(m, "pr/") {
-					bad("queues index %s names %s, which is not a lock key", k, m)
-				}
-			}
+			membersStartWith(k, "pr/", "queues index", "a lock key")
 		case k == outboxKey, k == outboxNoticesKey:
 			// Notices on their way to their pulls; the queue tests check
 			// that they are delivered.

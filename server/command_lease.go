@@ -33,6 +33,7 @@ type refusalCommenter interface {
 type leasedCommandRunner struct {
 	next     events.CommandRunner
 	leases   *commandlease.Manager
+	store    enhanced.CommandLeaseStore
 	comments refusalCommenter
 	stopper  *pullStopper
 	logger   logging.SimpleLogging
@@ -59,6 +60,7 @@ func (s *Server) newCommandLeases(userConfig upstream.UserConfig, backend *lockB
 	}
 	return &leasedCommandRunner{
 		leases:   leases,
+		store:    store,
 		comments: s.LocksController.VCSClient,
 		stopper:  newPullStopper(userConfig.DataDir, s.Logger),
 		logger:   s.Logger,

@@ -59,6 +59,7 @@ func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBacke
 	// commands do, so they wait for the pull's command lease too.
 	worker := queue.NewWorker(queues, notifier, commandPlanner{runner: runner, pulls: s.LocksController.Database}, queue.WorkerOptions{
 		AutoPlan: f.AutoPlan,
+		Lease:    f.QueueNoticeLease,
 		Logger:   s.Logger,
 		Scope:    scope,
 	})

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"net/http"
 
-	events_controllers "github.com/runatlantis/atlantis/server/controllers/events"
-
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
 )
 
@@ -21,8 +19,7 @@ func (s *Server) registerRoutes() {
 	if s.backend != nil && s.backend.client != nil {
 		dedupe := &deliveryDeduper{
 			next:      s.VCSEventsController.Post,
-			validator: &events_controllers.DefaultGithubRequestValidator{},
-			secret:    []byte(s.githubWebhookSecret),
+			sources:   upstreamDeliverySources(s.webhookSecrets),
 			client:    s.backend.client,
 			keyPrefix: s.Config.Redis.KeyPrefix,
 			logger:    s.Logger,

@@ -35,8 +35,13 @@ type Server struct {
 	queue *lockQueue
 	// leases run one command per pull across the fleet; nil when enhanced
 	// locking is off.
-	leases              *commandlease.Manager
-	githubWebhookSecret string
+	leases *commandlease.Manager
+	// leaseStore keeps the command leases, and the reaper's turns.
+	leaseStore enhanced.CommandLeaseStore
+	// webhookSecrets are upstream's --gh-webhook-secret,
+	// --gitlab-webhook-secret and --gitea-webhook-secret: the delivery
+	// de-duplication claims only requests that pass upstream's check of them.
+	webhookSecrets webhookSecrets
 	// apiSecret is upstream's --api-secret: our API routes check it as
 	// upstream's API does.
 	apiSecret []byte
@@ -49,7 +54,16 @@ func NewServer(userConfig upstream.UserConfig, config upstream.Config, cfg Enhan
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Server: srv, Config: cfg, githubWebhookSecret: userConfig.GithubWebhookSecret, apiSecret: []byte(userConfig.APISecret)}
+	s := &Server{
+		Server: srv,
+		Config: cfg,
+		webhookSecrets: webhookSecrets{
+			github: []byte(userConfig.GithubWebhookSecret),
+			gitlab: []byte(userConfig.GitlabWebhookSecret),
+			gitea:  []byte(userConfig.GiteaWebhookSecret),
+		},
+		apiSecret: []byte(userConfig.APISecret),
+	}
 	if !cfg.Enabled {
 		srv.Logger.Info("enhanced locking is off: locks use the legacy %s database", userConfig.LockingDBType)
 		copyLocksForRollback(cfg, userConfig, srv.LocksController.Database, srv.Logger)
@@ -103,7 +117,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) er
 		backend.Close() // nolint: errcheck
 		return err
 	}
-	s.leases = leases.leases
+	s.leases, s.leaseStore = leases.leases, leases.store
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,
 		SeparateLegacyLocks: backend.separateFromLegacy,
@@ -224,6 +238,9 @@ func (s *Server) Start() error {
 	s.watchBackend(ctx)
 	if s.queue != nil {
 		s.queue.start()
+	}
+	if err := s.startReaper(ctx); err != nil {
+		return err
 	}
 	err := s.Server.Start()
 	s.queue.stop()

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/commandlease"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
 )
 
 // Values of EnhancedLockingConfig.Backend.
@@ -74,12 +75,24 @@ type LockingFeaturesConfig struct {
 	RetryMechanism     bool
 	RetryMaxAttempts   int
 	RetryBackoff       time.Duration
+	// QueueNoticeLease is how long a replica that claimed a queue notice has
+	// to deliver it before another replica takes it over
+	// (queue.WorkerOptions.Lease).
+	QueueNoticeLease time.Duration
 	// CommandLeaseTTL is how long a pull's command lease outlives its last
 	// renewal (commandlease.Options.TTL).
 	CommandLeaseTTL time.Duration
 	// CommandWaitTimeout bounds how long a command waits for another command
 	// of its pull to finish.
 	CommandWaitTimeout time.Duration
+	// StaleLockReaper releases the locks and queue entries of closed or
+	// merged pulls every StaleLockReaperInterval, asking the VCS at most
+	// StaleLockReaperCallsPerMinute times a minute; with
+	// StaleLockReaperDryRun it only logs what it would release.
+	StaleLockReaper               bool
+	StaleLockReaperInterval       time.Duration
+	StaleLockReaperDryRun         bool
+	StaleLockReaperCallsPerMinute int
 }
 
 // FallbackConfig says what to do while the enhanced backend is unreachable.
@@ -104,12 +117,15 @@ func DefaultEnhancedLockingConfig() EnhancedLockingConfig {
 			DialTimeout: 5 * time.Second,
 		},
 		Features: LockingFeaturesConfig{
-			QueueTimeout:       24 * time.Hour,
-			DeadlockResolution: DeadlockResolutionNotify,
-			RetryMaxAttempts:   3,
-			RetryBackoff:       200 * time.Millisecond,
-			CommandLeaseTTL:    commandlease.DefaultTTL,
-			CommandWaitTimeout: commandlease.DefaultWaitTimeout,
+			QueueTimeout:                  24 * time.Hour,
+			QueueNoticeLease:              queue.DefaultNoticeLease,
+			DeadlockResolution:            DeadlockResolutionNotify,
+			RetryMaxAttempts:              3,
+			RetryBackoff:                  200 * time.Millisecond,
+			CommandLeaseTTL:               commandlease.DefaultTTL,
+			CommandWaitTimeout:            commandlease.DefaultWaitTimeout,
+			StaleLockReaperInterval:       time.Hour,
+			StaleLockReaperCallsPerMinute: 60,
 		},
 		Fallback:    FallbackConfig{Mode: FallbackNone},
 		Performance: PerformanceConfig{HealthCheckInterval: 10 * time.Second},

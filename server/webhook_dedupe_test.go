@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -10,16 +11,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/google/go-github/v88/github"
 	"github.com/redis/go-redis/v9"
-	events_controllers "github.com/runatlantis/atlantis/server/controllers/events"
-	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
 	. "github.com/runatlantis/atlantis/testing"
-	"github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
@@ -33,37 +31,101 @@ const (
 	failBody = `{"action":"created","fail":true}`
 )
 
+// The hosts a test webhook comes from.
+const (
+	hostGitHub = ""
+	hostGitLab = "gitlab"
+	hostGitea  = "gitea"
+)
+
 // webhook is one request a test sends.
 type webhook struct {
-	sign  string // secret it is signed with; "" means testSecret
-	event string // X-GitHub-Event; "" means issue_comment
-	id    string // X-GitHub-Delivery
-	body  string
+	host string // hostGitHub, hostGitLab or hostGitea
+	// sign is the secret the request is signed with, or for GitLab the token
+	// it sends; "" means testSecret.
+	sign string
+	// event is the event type: X-GitHub-Event, X-Gitlab-Event or
+	// X-Gitea-Event-Type; "" means the host's usual one: issue_comment,
+	// Merge Request Hook, pull_request_comment.
+	event string
+	// id is the delivery ID: X-GitHub-Delivery, Idempotency-Key (not sent
+	// when empty) or X-Gitea-Delivery.
+	id string
+	// eventUUID is GitLab's X-Gitlab-Event-UUID, not sent when empty.
+	eventUUID string
+	body      string
 }
 
 func (h webhook) request() *http.Request {
 	req := httptest.NewRequest("POST", "/events", strings.NewReader(h.body))
 	req.Header.Set("Content-Type", "application/json")
-	event := h.event
-	if event == "" {
-		event = "issue_comment"
-	}
-	req.Header.Set(githubEventHeader, event)
-	req.Header.Set(githubDeliveryHeader, h.id)
 	secret := h.sign
 	if secret == "" {
 		secret = testSecret
 	}
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write([]byte(h.body))
-	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	switch h.host {
+	case hostGitLab:
+		req.Header.Set(gitlabEventHeader, cmp.Or(h.event, "Merge Request Hook"))
+		req.Header.Set("X-Gitlab-Token", secret)
+		if h.id != "" {
+			req.Header.Set(gitlabIdempotencyHeader, h.id)
+		}
+		if h.eventUUID != "" {
+			req.Header.Set(gitlabEventUUIDHeader, h.eventUUID)
+		}
+	case hostGitea:
+		event := cmp.Or(h.event, "pull_request_comment")
+		req.Header.Set(giteaEventTypeHeader, event)
+		req.Header.Set(giteaDeliveryHeader, h.id)
+		req.Header.Set(giteaSignatureHeader, hmacHex(secret, h.body))
+		// Gitea names the event more coarsely in X-Gitea-Event, and sends
+		// GitHub's headers too; upstream goes by X-Gitea-Event-Type.
+		coarse := map[string]string{"pull_request_comment": "issue_comment", "pull_request_sync": "pull_request"}
+		req.Header.Set(giteaEventHeader, cmp.Or(coarse[event], event))
+		req.Header.Set(githubEventHeader, cmp.Or(coarse[event], event))
+		req.Header.Set(githubDeliveryHeader, h.id)
+		req.Header.Set("X-Hub-Signature-256", "sha256="+hmacHex(secret, h.body))
+	default:
+		req.Header.Set(githubEventHeader, cmp.Or(h.event, "issue_comment"))
+		req.Header.Set(githubDeliveryHeader, h.id)
+		req.Header.Set("X-Hub-Signature-256", "sha256="+hmacHex(secret, h.body))
+	}
 	return req
 }
 
-// dedupeFixture is a deduper in front of a stand-in for upstream's handler
-// that records what reached it.
+// deliveryID is the ID the deduper reads from h.
+func (h webhook) deliveryID() string {
+	if h.host == hostGitLab && h.id == "" {
+		return h.eventUUID
+	}
+	return h.id
+}
+
+func hmacHex(secret, body string) string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(body))
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+// githubRecord, gitlabRecord, gitlabUUIDRecord and giteaRecord are the
+// records each host's deliveries are stored under.
+func githubRecord(event, body string) string { return deliveryRecord([]byte(body), event) }
+
+func gitlabRecord(event, key string) string {
+	return deliveryRecord(nil, "gitlab", event, gitlabIdempotencyHeader, key)
+}
+
+func gitlabUUIDRecord(event, uuid, body string) string {
+	return deliveryRecord([]byte(body), "gitlab", event, gitlabEventUUIDHeader, uuid)
+}
+
+func giteaRecord(event, body string) string { return deliveryRecord([]byte(body), "gitea", event) }
+
+// dedupeFixture is a deduper for every host in front of a stand-in for
+// upstream's handler that records what reached it.
 type dedupeFixture struct {
 	d        *deliveryDeduper
+	mu       sync.Mutex
 	received []string
 	logger   logging.SimpleLogging
 }
@@ -73,15 +135,16 @@ func newDedupeFixture(t *testing.T, client redis.UniversalClient, secret string)
 	f.d = &deliveryDeduper{
 		next: func(w http.ResponseWriter, r *http.Request) {
 			b, _ := io.ReadAll(r.Body)
+			f.mu.Lock()
 			f.received = append(f.received, string(b))
+			f.mu.Unlock()
 			if string(b) == failBody {
 				w.WriteHeader(http.StatusInternalServerError)
 				return
 			}
 			w.WriteHeader(http.StatusAccepted)
 		},
-		validator: &events_controllers.DefaultGithubRequestValidator{},
-		secret:    []byte(secret),
+		sources:   upstreamDeliverySources(webhookSecrets{github: []byte(secret), gitlab: []byte(secret), gitea: []byte(secret)}),
 		client:    client,
 		keyPrefix: "pfx:",
 		logger:    f.logger,
@@ -94,6 +157,12 @@ func (f *dedupeFixture) send(h webhook) (int, string) {
 	rec := httptest.NewRecorder()
 	f.d.ServeHTTP(rec, h.request())
 	return rec.Code, rec.Body.String()
+}
+
+func (f *dedupeFixture) receivedCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.received)
 }
 
 // redisNowMs is the Redis server's clock, which the records' expiries use.
@@ -115,31 +184,79 @@ func waitRedisPast(t *testing.T, client redis.UniversalClient, ms int64) {
 	}
 }
 
+// deliveryCase is one table row of the de-duplication tests.
+type deliveryCase struct {
+	description string
+	noSecret    bool // the server has no webhook secret
+	// before are sent first, and must reach upstream.
+	before []webhook
+	// then are sent next, in order.
+	then []webhook
+	// expCodes are the answers to then: 200 means ignored, anything else
+	// came from upstream.
+	expCodes   []int
+	expRecords []string
+	expLog     []string
+}
+
+// runDeliveryCases runs each case on a fresh Redis database and checks what
+// reached upstream, the answers, the records left and the log.
+func runDeliveryCases(t *testing.T, client redis.UniversalClient, cases []deliveryCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.description, func(t *testing.T) {
+			ctx := context.Background()
+			Ok(t, client.FlushAll(ctx).Err())
+			secret := testSecret
+			if c.noSecret {
+				secret = ""
+			}
+			f := newDedupeFixture(t, client, secret)
+			for _, h := range c.before {
+				code, _ := f.send(h)
+				Equals(t, http.StatusAccepted, code)
+			}
+			var codes []int
+			for _, h := range c.then {
+				n := f.receivedCount()
+				code, answer := f.send(h)
+				codes = append(codes, code)
+				if code == http.StatusOK {
+					Equals(t, n, f.receivedCount())
+					Equals(t, fmt.Sprintf("Ignoring delivery %s: already handled\n", quoteIfMalformed(h.deliveryID())), answer)
+				} else {
+					Equals(t, n+1, f.receivedCount())
+				}
+			}
+			Equals(t, c.expCodes, codes)
+
+			records, err := client.ZRange(ctx, f.d.recordsKey(), 0, -1).Result()
+			Ok(t, err)
+			Assert(t, sameElements(c.expRecords, records), "records %v, want %v", records, c.expRecords)
+			keys, err := client.DBSize(ctx).Result()
+			Ok(t, err)
+			Equals(t, int64(min(len(records), 1)), keys) // nothing besides the one set
+			for _, line := range c.expLog {
+				Assert(t, strings.Contains(f.logger.GetHistory(), line), "log lacks %q:\n%s", line, f.logger.GetHistory())
+			}
+			Assert(t, !strings.Contains(f.logger.GetHistory(), "\n[INFO] forged"), "an ID forged a log line:\n%s", f.logger.GetHistory())
+		})
+	}
+}
+
 func TestDeliveryDeduper(t *testing.T) {
 	client := redistest.Start(t).Client(t)
 	const body = `{"action":"created"}`
 	const other = `{"action":"created","comment":{"id":2}}`
 	long := strings.Repeat("x", 200)
 	forged := "d-2\n[INFO] forged line"
-	cases := []struct {
-		description string
-		noSecret    bool // the server has no webhook secret
-		// before are sent first, and must reach upstream.
-		before []webhook
-		// then are sent next, in order.
-		then []webhook
-		// expCodes are the answers to then: 200 means ignored, anything
-		// else came from upstream.
-		expCodes   []int
-		expRecords []string
-		expLog     []string
-	}{
+	runDeliveryCases(t, client, []deliveryCase{
 		{
 			description: "a redelivery (same ID, same body) is ignored",
 			before:      []webhook{{id: guid1, body: body}},
 			then:        []webhook{{id: guid1, body: body}},
 			expCodes:    []int{http.StatusOK},
-			expRecords:  []string{deliveryRecord("issue_comment", []byte(body))},
+			expRecords:  []string{githubRecord("issue_comment", body)},
 			expLog:      []string{"GitHub delivery " + guid1 + " was already handled by a replica; ignoring this copy"},
 		},
 		{
@@ -147,28 +264,28 @@ func TestDeliveryDeduper(t *testing.T) {
 			before:      []webhook{{id: guid1, body: body}},
 			then:        []webhook{{id: guid2, body: body}, {id: guid3, body: body}},
 			expCodes:    []int{http.StatusOK, http.StatusOK},
-			expRecords:  []string{deliveryRecord("issue_comment", []byte(body))},
+			expRecords:  []string{githubRecord("issue_comment", body)},
 		},
 		{
 			description: "the same signed body replayed under a malformed ID is ignored and adds no record",
 			before:      []webhook{{id: guid1, body: body}},
 			then:        []webhook{{id: "replay-1", body: body}},
 			expCodes:    []int{http.StatusOK},
-			expRecords:  []string{deliveryRecord("issue_comment", []byte(body))},
+			expRecords:  []string{githubRecord("issue_comment", body)},
 		},
 		{
 			description: "a different body under the same ID is handled",
 			before:      []webhook{{id: guid1, body: body}},
 			then:        []webhook{{id: guid1, body: other}},
 			expCodes:    []int{http.StatusAccepted},
-			expRecords:  []string{deliveryRecord("issue_comment", []byte(body)), deliveryRecord("issue_comment", []byte(other))},
+			expRecords:  []string{githubRecord("issue_comment", body), githubRecord("issue_comment", other)},
 		},
 		{
 			description: "the same body as another event type is another delivery",
 			before:      []webhook{{id: guid1, body: body}},
 			then:        []webhook{{event: "pull_request", id: guid2, body: body}},
 			expCodes:    []int{http.StatusAccepted},
-			expRecords:  []string{deliveryRecord("issue_comment", []byte(body)), deliveryRecord("pull_request", []byte(body))},
+			expRecords:  []string{githubRecord("issue_comment", body), githubRecord("pull_request", body)},
 		},
 		{
 			description: "a signed request with a missing or non-GUID ID passes through and stores nothing",
@@ -197,7 +314,7 @@ func TestDeliveryDeduper(t *testing.T) {
 			description: "a bad signature goes to upstream to be rejected and claims nothing",
 			then:        []webhook{{sign: "wrong", id: guid1, body: body}, {id: guid1, body: body}},
 			expCodes:    []int{http.StatusAccepted, http.StatusAccepted},
-			expRecords:  []string{deliveryRecord("issue_comment", []byte(body))},
+			expRecords:  []string{githubRecord("issue_comment", body)},
 		},
 		{
 			description: "a delivery upstream failed is forgotten, so its redelivery is handled",
@@ -210,46 +327,7 @@ func TestDeliveryDeduper(t *testing.T) {
 			then:        []webhook{{sign: "x", id: guid1, body: body}, {sign: "x", id: guid1, body: body}},
 			expCodes:    []int{http.StatusAccepted, http.StatusAccepted},
 		},
-	}
-	for _, c := range cases {
-		t.Run(c.description, func(t *testing.T) {
-			ctx := context.Background()
-			Ok(t, client.FlushAll(ctx).Err())
-			secret := testSecret
-			if c.noSecret {
-				secret = ""
-			}
-			f := newDedupeFixture(t, client, secret)
-			for _, h := range c.before {
-				code, _ := f.send(h)
-				Equals(t, http.StatusAccepted, code)
-			}
-			var codes []int
-			for _, h := range c.then {
-				n := len(f.received)
-				code, answer := f.send(h)
-				codes = append(codes, code)
-				if code == http.StatusOK {
-					Equals(t, n, len(f.received))
-					Equals(t, fmt.Sprintf("Ignoring delivery %s: already handled\n", quoteIfMalformed(h.id)), answer)
-				} else {
-					Equals(t, n+1, len(f.received))
-				}
-			}
-			Equals(t, c.expCodes, codes)
-
-			records, err := client.ZRange(ctx, f.d.recordsKey(), 0, -1).Result()
-			Ok(t, err)
-			Assert(t, sameElements(c.expRecords, records), "records %v, want %v", records, c.expRecords)
-			keys, err := client.DBSize(ctx).Result()
-			Ok(t, err)
-			Equals(t, int64(min(len(records), 1)), keys) // nothing besides the one set
-			for _, line := range c.expLog {
-				Assert(t, strings.Contains(f.logger.GetHistory(), line), "log lacks %q:\n%s", line, f.logger.GetHistory())
-			}
-			Assert(t, !strings.Contains(f.logger.GetHistory(), "\n[INFO] forged"), "an ID forged a log line:\n%s", f.logger.GetHistory())
-		})
-	}
+	})
 }
 
 func quoteIfMalformed(id string) string {
@@ -301,7 +379,7 @@ func TestDeliveryRecordsCap(t *testing.T) {
 			var records []string
 			for i := 0; i < c.deliveries; i++ {
 				body := fmt.Sprintf(`{"action":"created","comment":{"id":%d}}`, i)
-				records = append(records, deliveryRecord("issue_comment", []byte(body)))
+				records = append(records, githubRecord("issue_comment", body))
 				// Expiries are in ms: give each delivery its own millisecond, so
 				// which is newest is well defined.
 				waitRedisPast(t, client, redisNowMs(t, client))
@@ -340,7 +418,7 @@ func TestDeliveryClaimLapses(t *testing.T) {
 	client := redistest.Start(t).Client(t)
 	ctx := context.Background()
 	const body = `{"action":"created"}`
-	record := deliveryRecord("issue_comment", []byte(body))
+	record := githubRecord("issue_comment", body)
 	cases := []struct {
 		description string
 		claimTTL    time.Duration
@@ -404,12 +482,12 @@ func TestDeliveryForgetOnlyItsOwnClaim(t *testing.T) {
 	Ok(t, err)
 	Assert(t, second > first, "lapsed claim not taken again: %d then %d", first, second)
 
-	d.forget(guid1, "r", first)
+	d.forget("GitHub", guid1, "r", first)
 	score, err := client.ZScore(ctx, d.recordsKey(), "r").Result()
 	Ok(t, err)
 	Equals(t, float64(second), score)
 
-	d.forget(guid1, "r", second)
+	d.forget("GitHub", guid1, "r", second)
 	Equals(t, int64(0), client.Exists(ctx, d.recordsKey()).Val())
 }
 
@@ -477,12 +555,12 @@ func TestDeliveryRecordsMemoryAtCap(t *testing.T) {
 	for i := 0; i < defaultDeliveryRecords; i += 1000 {
 		members := make([]redis.Z, 0, 1000)
 		for j := i; j < i+1000; j++ {
-			members = append(members, redis.Z{Score: expiry + float64(j), Member: deliveryRecord("issue_comment", []byte(fmt.Sprint(j)))})
+			members = append(members, redis.Z{Score: expiry + float64(j), Member: githubRecord("issue_comment", fmt.Sprint(j))})
 		}
 		Ok(t, client.ZAdd(ctx, d.recordsKey(), members...).Err())
 	}
 	// One more through the claim script, which keeps the cap.
-	expiry2, err := d.claim(ctx, deliveryRecord("pull_request", []byte("one more")))
+	expiry2, err := d.claim(ctx, githubRecord("pull_request", "one more"))
 	Ok(t, err)
 	Assert(t, expiry2 > 0, "claim at the cap refused")
 	Equals(t, int64(defaultDeliveryRecords), client.ZCard(ctx, d.recordsKey()).Val())
@@ -512,27 +590,99 @@ func usedMemory(ctx context.Context, client redis.UniversalClient) (int64, error
 	return 0, fmt.Errorf("no used_memory in INFO memory")
 }
 
-// TestDedupedEventsAreUpstreams guards dedupedEvents: upstream answers every
-// other GitHub event type "Ignoring unsupported event", so not recording
-// those loses nothing. When this fails, upstream acts on a new event type:
-// add it to dedupedEvents.
-func TestDedupedEventsAreUpstreams(t *testing.T) {
-	upstream := &events_controllers.VCSEventsController{
-		Logger:                 logging.NewNoopLogger(t),
-		Scope:                  tally.NoopScope,
-		GithubRequestValidator: &events_controllers.DefaultGithubRequestValidator{},
-		GithubWebhookSecret:    []byte(testSecret),
-		SupportedVCSHosts:      []models.VCSHostType{models.Github},
+// TestDeliveryDeduperOversizeBody: a body larger than any host sends is
+// handed to upstream whole, to judge as it would without the deduper, and
+// is not recorded.
+func TestDeliveryDeduperOversizeBody(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	f := newDedupeFixture(t, client, testSecret)
+	body := `{"action":"created"}` + strings.Repeat(" ", maxWebhookBody)
+	for i := 0; i < 2; i++ {
+		code, _ := f.send(webhook{id: guid1, body: body})
+		Equals(t, http.StatusAccepted, code)
 	}
-	for _, event := range github.MessageTypes() {
-		if dedupedEvents[event] {
-			continue
-		}
-		t.Run(event, func(t *testing.T) {
-			rec := httptest.NewRecorder()
-			upstream.Post(rec, webhook{event: event, id: guid1, body: "{}"}.request())
-			Equals(t, http.StatusOK, rec.Code)
-			Assert(t, strings.HasPrefix(rec.Body.String(), "Ignoring unsupported event"), "upstream acts on %s: %s", event, rec.Body.String())
+	Equals(t, 2, f.receivedCount())
+	Equals(t, len(body), len(f.received[1]))
+	Equals(t, int64(0), client.Exists(context.Background(), f.d.recordsKey()).Val())
+}
+
+// TestDeliveryRacingReplicas: copies of one delivery reach two replicas at
+// once, for each host; exactly one copy is handled. The copy being handled
+// is held inside upstream until every other copy was answered, so they are
+// all refused by its claim, not by a confirmed record.
+func TestDeliveryRacingReplicas(t *testing.T) {
+	client := redistest.Start(t).Client(t)
+	const replicas, copiesEach = 2, 4
+	cases := []struct {
+		description string
+		delivery    webhook
+	}{
+		{"GitHub", webhook{id: guid1, body: `{"action":"created"}`}},
+		{"GitLab", webhook{host: hostGitLab, event: "Note Hook", id: guid1, body: gitlabNote}},
+		{"GitLab without Idempotency-Key", webhook{host: hostGitLab, eventUUID: guid1, body: gitlabMR}},
+		{"Gitea", webhook{host: hostGitea, id: guid1, body: `{"action":"created"}`}},
+	}
+	for _, c := range cases {
+		t.Run(c.description, func(t *testing.T) {
+			Ok(t, client.FlushAll(context.Background()).Err())
+			var (
+				mu         sync.Mutex
+				settled    = sync.NewCond(&mu)
+				inUpstream int // copies upstream is handling
+				answered   int // copies answered without upstream
+			)
+			upstream := func(w http.ResponseWriter, _ *http.Request) {
+				mu.Lock()
+				inUpstream++
+				settled.Broadcast()
+				// Every copy is either here or answered: none is still on
+				// its way to a claim. A second copy let through would be
+				// here too, so this never waits for good.
+				for inUpstream+answered < replicas*copiesEach {
+					settled.Wait()
+				}
+				mu.Unlock()
+				w.WriteHeader(http.StatusAccepted)
+			}
+			var ds []*deliveryDeduper
+			for i := 0; i < replicas; i++ {
+				f := newDedupeFixture(t, client, testSecret)
+				f.d.next = upstream
+				// The fixture's log history is not safe for concurrent use.
+				f.d.logger = logging.NewNoopLogger(t)
+				ds = append(ds, f.d)
+			}
+			start := make(chan struct{})
+			codes := make(chan int, replicas*copiesEach)
+			var wg sync.WaitGroup
+			for i := 0; i < replicas*copiesEach; i++ {
+				req := c.delivery.request()
+				d := ds[i%replicas]
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					rec := httptest.NewRecorder()
+					d.ServeHTTP(rec, req)
+					// Upstream answers 202: any other answer came without it.
+					if rec.Code != http.StatusAccepted {
+						mu.Lock()
+						answered++
+						settled.Broadcast()
+						mu.Unlock()
+					}
+					codes <- rec.Code
+				}()
+			}
+			close(start)
+			wg.Wait()
+			close(codes)
+			count := map[int]int{}
+			for code := range codes {
+				count[code]++
+			}
+			Equals(t, map[int]int{http.StatusAccepted: 1, http.StatusOK: replicas*copiesEach - 1}, count)
+			Equals(t, int64(1), client.ZCard(context.Background(), ds[0].recordsKey()).Val())
 		})
 	}
 }

@@ -109,6 +109,8 @@ func (r *Replica) Stop() {
 	default:
 	}
 	r.cmd.Process.Signal(syscall.SIGTERM) // nolint: errcheck
+	// A paused replica acts on the signal only once it runs again.
+	r.cmd.Process.Signal(syscall.SIGCONT) // nolint: errcheck
 	select {
 	case <-r.exited:
 	case <-time.After(15 * time.Second):
@@ -130,6 +132,17 @@ func (r *Replica) Running() bool {
 	default:
 		return true
 	}
+}
+
+// Pause freezes the replica (SIGSTOP) as a long stall would: its connections
+// stay open and nothing it would do happens until Resume.
+func (r *Replica) Pause() error {
+	return r.cmd.Process.Signal(syscall.SIGSTOP)
+}
+
+// Resume lets a paused replica go on (SIGCONT).
+func (r *Replica) Resume() error {
+	return r.cmd.Process.Signal(syscall.SIGCONT)
 }
 
 // FreePort asks the kernel for a free loopback port.

@@ -61,6 +61,9 @@ func (s *Sim) createComment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if !s.awaitHolds(r, body) {
+		return
+	}
 	s.mu.Lock()
 	rs, ps, ok := s.pullFromPath(w, r)
 	if !ok {

@@ -339,6 +339,12 @@ func (s *Sim) mergePull(pr *PullRequest, method, mergedBy string) (string, error
 }
 
 // closePull marks an open pull request closed without merging.
+// ClosePullRequest closes pr on GitHub without sending its webhook, as when
+// the delivery was lost.
+func (s *Sim) ClosePullRequest(pr *PullRequest) error {
+	return s.closePull(pr)
+}
+
 func (s *Sim) closePull(pr *PullRequest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -88,6 +88,7 @@ type Sim struct {
 	comments []*Comment
 	statuses []Status
 	requests []Request
+	holds    []*CommentHold
 }
 
 // New starts a Sim listening on a random 127.0.0.1 port.
@@ -179,6 +180,7 @@ func (s *Sim) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	s.releaseHolds()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

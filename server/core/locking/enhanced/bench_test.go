@@ -238,6 +238,7 @@ func TestBenchSummary(t *testing.T) {
 	benchServerTime(t)
 	benchMemory(t)
 	benchContention(t)
+	benchQueue(t)
 }
 
 // benchMixedFleet lists and releases by pull in a fleet where half of the

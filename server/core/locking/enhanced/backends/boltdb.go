@@ -48,6 +48,10 @@ type BoltDB struct {
 	waits     sync.WaitGroup
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	// watchers, under mu, are signalled when a notice is written
+	// (WatchNotices).
+	watchers map[chan struct{}]struct{}
 }
 
 var _ enhanced.Backend = (*BoltDB)(nil)
@@ -59,10 +63,11 @@ func NewBoltDB(legacy *legacydb.Guarded, logger logging.SimpleLogging) *BoltDB {
 		logger = enhanced.NopLogger{}
 	}
 	return &BoltDB{
-		legacy: legacy,
-		logger: logger,
-		queues: map[string]*localQueue{},
-		closed: make(chan struct{}),
+		legacy:   legacy,
+		logger:   logger,
+		queues:   map[string]*localQueue{},
+		closed:   make(chan struct{}),
+		watchers: map[chan struct{}]struct{}{},
 	}
 }
 

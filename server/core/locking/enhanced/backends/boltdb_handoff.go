@@ -73,6 +73,9 @@ func (b *BoltDB) durableHeadLocked(key string) (*storedEntry, error) {
 	err = b.qdb.Update(func(tx *bolt.Tx) error {
 		return expireEntries(tx, expired, now)
 	})
+	if err == nil {
+		b.announceLocked()
+	}
 	return head, err
 }
 

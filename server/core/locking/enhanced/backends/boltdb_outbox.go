@@ -154,6 +154,37 @@ func (b *BoltDB) ClaimNotices(_ context.Context, lease time.Duration, max int) (
 	return out, nil
 }
 
+// WatchNotices signals on the returned channel whenever this backend writes
+// a notice, until ctx is done, so that the queue worker delivers a hand-over
+// at once rather than at its next poll. The BoltDB backend serves one
+// replica, so every notice is written in this process. A signal is sent
+// under the mutex that the notice's write holds until it is committed, so a
+// claim it prompts finds the notice.
+func (b *BoltDB) WatchNotices(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	b.mu.Lock()
+	b.watchers[ch] = struct{}{}
+	b.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		b.mu.Lock()
+		delete(b.watchers, ch)
+		b.mu.Unlock()
+	}()
+	return ch
+}
+
+// announceLocked signals every watcher that a notice was written. b.mu must
+// be held.
+func (b *BoltDB) announceLocked() {
+	for ch := range b.watchers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // MarkNotice implements enhanced.QueueBackend.
 func (b *BoltDB) MarkNotice(_ context.Context, n enhanced.QueueNotice, step enhanced.NoticeStep, lease time.Duration) error {
 	if step == "" {

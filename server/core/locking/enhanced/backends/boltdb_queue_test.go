@@ -41,7 +41,7 @@ func claimNotices(t testing.TB, b *BoltDB) []enhanced.QueueNotice {
 	return notices
 }
 
-func holderOf(t testing.TB, b *BoltDB, lock models.ProjectLock) int {
+func holderOf(t testing.TB, b enhanced.Backend, lock models.ProjectLock) int {
 	t.Helper()
 	got, err := b.GetLock(context.Background(), lock.Project, lock.Workspace)
 	Ok(t, err)
@@ -465,5 +465,54 @@ func TestBoltDBQueuesUnderConcurrency(t *testing.T) {
 		entries, err := b.PullEntries(ctx, testRepo, pull)
 		Ok(t, err)
 		Equals(t, 0, len(entries))
+	}
+}
+
+// TestBoltDBAnnouncesEveryNotice: the queue worker of the one replica a
+// BoltDB backend serves learns of each notice when it is written, a
+// hand-over's or an expiry's by a release or a sweep, rather than at its
+// next poll; a watch whose context ended is dropped.
+func TestBoltDBAnnouncesEveryNotice(t *testing.T) {
+	ctx := context.Background()
+	b := newQueueingBoltDB(t, guardedBoltDB(t), queueFile(t))
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	announced := b.WatchNotices(watchCtx)
+	await := func(what string) {
+		t.Helper()
+		select {
+		case <-announced:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no announcement of %s", what)
+		}
+	}
+	holder := enhancedtest.NewLock(testRepo, "dir", "default", "", 1)
+	acquired, _, err := b.TryLock(ctx, enhanced.LockRequest{Lock: holder})
+	Ok(t, err)
+	Assert(t, acquired, "lock not acquired")
+	_, err = b.Enqueue(ctx, queueReq(enhancedtest.NewLock(testRepo, "dir", "default", "", 2), time.Hour))
+	Ok(t, err)
+	_, err = b.Enqueue(ctx, queueReq(enhancedtest.NewLock(testRepo, "dir", "default", "", 3), time.Millisecond))
+	Ok(t, err)
+	Equals(t, 0, len(announced))
+
+	_, err = b.Unlock(ctx, holder.Project, holder.Workspace)
+	Ok(t, err)
+	await("the hand-over")
+	time.Sleep(5 * time.Millisecond)
+	res, err := b.Sweep(ctx)
+	Ok(t, err)
+	Equals(t, 1, res.Expired)
+	await("the expiry")
+	Equals(t, 2, len(claimNotices(t, b)))
+
+	stopWatching()
+	for {
+		b.mu.Lock()
+		n := len(b.watchers)
+		b.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -71,6 +71,9 @@ func (b *BoltDB) settleLocked(holder models.ProjectLock) (bool, error) {
 		}
 		return nil
 	})
+	if err == nil && transferred {
+		b.announceLocked()
+	}
 	return transferred, queueErr(fmt.Sprintf("settling the queue of lock %q", key), err)
 }
 
@@ -176,6 +179,9 @@ func (b *BoltDB) expireLocked() (int, error) {
 	})
 	if err != nil {
 		return 0, queueErr("expiring queue entries", err)
+	}
+	if len(expired) > 0 {
+		b.announceLocked()
 	}
 	return len(expired), nil
 }

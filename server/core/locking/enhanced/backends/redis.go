@@ -192,7 +192,7 @@ func (r *Redis) UnlockIfOwnedByPull(ctx context.Context, project models.Project,
 // release runs one release call. A call whose reply was lost is repeated
 // with the same call id, which answers what the first run did.
 func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.ProjectLock, error) {
-	call := r.releaseCall(k, pull)
+	call := r.releaseCall(k, pull, "")
 	cmd := runAll(ctx, r.client, []scriptCall{call})[0]
 	if err := cmd.Err(); err != nil && isUnavailable(err) && outcomeUnknown(err) {
 		resolveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
@@ -202,12 +202,25 @@ func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.P
 	return r.releasedLock(k, cmd)
 }
 
-func (r *Redis) releaseCall(k lockKeys, pull string) scriptCall {
+// releaseCall releases k if pull holds it (any holder when pull is ""); with
+// a queued pull ("<base repo>#<number>"), its reply says whether that pull
+// still has a durable entry for k (stillQueued).
+func (r *Redis) releaseCall(k lockKeys, pull, queuedPull string) scriptCall {
 	releasedAt := ""
 	if !r.noReleaseTimes {
 		releasedAt = strconv.FormatInt(time.Now().UnixMicro(), 10)
 	}
-	return scriptCall{releaseScript, k.script(), []any{pull, newToken(), k.channel, releasedAt}}
+	return scriptCall{releaseScript, k.script(), []any{pull, newToken(), k.channel, releasedAt, queuedPull}}
+}
+
+// stillQueued reads the queued flag of a release call's reply.
+func stillQueued(cmd *redis.Cmd) bool {
+	vals, err := cmd.Slice()
+	if err != nil || len(vals) < 3 {
+		return false
+	}
+	flag, _ := vals[2].(int64)
+	return flag == 1
 }
 
 func (r *Redis) releasedLock(k lockKeys, cmd *redis.Cmd) (*models.ProjectLock, error) {

@@ -19,6 +19,12 @@ import (
 // pipeline after a network error by itself): a repeat reads back value, which
 // carries this acquisition's unique token, and answers taken again.
 //
+// A pull that holds a lock does not wait for it. A free lock can have a
+// durable entry of the pull taking it only when it was deleted outside our
+// scripts (a release hands it to its queue instead), so the pipeline asks
+// whether the pull has one, and only then does a second round trip take it
+// out of the queue, without a notice: the pull took the lock itself.
+//
 // Before Redis 7.0, SET refuses NX with GET; the acquire script then does the
 // same work.
 func (r *Redis) setIfFree(ctx context.Context, k lockKeys, lock models.ProjectLock, value, token string) (bool, string, error) {
@@ -27,8 +33,10 @@ func (r *Redis) setIfFree(ctx context.Context, k lockKeys, lock models.ProjectLo
 	}
 	pullIndex, _ := r.keys.pull(lock.Project.RepoFullName, lock.Pull.Num)
 	var set *redis.StatusCmd
+	var queued *redis.BoolCmd
 	cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		set = p.SetArgs(ctx, k.lock, value, redis.SetArgs{Mode: "NX", Get: true})
+		queued = p.HExists(ctx, k.entries, "p:"+pullID(baseRepo(lock), lock.Pull.Num))
 		r.indexWrites(ctx, p, k, pullIndex)
 		return nil
 	})
@@ -44,12 +52,18 @@ func (r *Redis) setIfFree(ctx context.Context, k lockKeys, lock models.ProjectLo
 		return false, "", setErr
 	}
 	taken := current == value
-	if err := firstErr(cmds[1:]); err != nil {
+	if err := firstErr(cmds[2:]); err != nil {
 		if err := r.writeIndexes(ctx, k, pullIndex); err != nil {
 			return taken, current, err
 		}
 	}
 	r.knownShards.Store(k.shard, true)
+	if taken && queued.Val() {
+		if err := leaveQueueScript.Run(ctx, r.client, k.script(), baseRepo(lock), lock.Pull.Num).Err(); err != nil {
+			// It holds the lock all the same; its release drops the entry.
+			r.logger.Warn("pull %d took lock %q and stays in its queue: %s", lock.Pull.Num, k.lock, err)
+		}
+	}
 	return taken, current, nil
 }
 

@@ -182,6 +182,13 @@ func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 // UnlockByPull releases every lock pull pullNum of repoFullName holds, each
 // handed to its next waiter, and returns the released locks. A lock in the
 // pull's index that another pull holds now is left alone.
+//
+// The index also names the locks the pull is queued for (redis_queue.go),
+// which it must keep naming: PullEntries and LeaveQueues find the pull's
+// entries through it, and a lock handed to the pull later is released
+// through it. So each release reports whether the pull still has an entry
+// for its lock, and those locks go back into the index before the closing
+// set is dropped.
 func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum int) ([]models.ProjectLock, error) {
 	index, closing := r.keys.pull(repoFullName, pullNum)
 	members, err := takePullScript.Run(ctx, r.client, []string{index, closing}).StringSlice()
@@ -193,9 +200,10 @@ func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum i
 	keys := make([]lockKeys, len(members))
 	for i, key := range members {
 		keys[i] = r.keys.forLockKey(key)
-		calls[i] = r.releaseCall(keys[i], strconv.Itoa(pullNum))
+		calls[i] = r.releaseCall(keys[i], strconv.Itoa(pullNum), pullID(repoFullName, pullNum))
 	}
 	var locks []models.ProjectLock
+	var queued []any
 	var errs []error
 	for i, cmd := range runAll(ctx, r.client, calls) {
 		lock, err := r.releasedLock(keys[i], cmd)
@@ -206,12 +214,23 @@ func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum i
 		if lock != nil {
 			locks = append(locks, *lock)
 		}
+		if stillQueued(cmd) {
+			queued = append(queued, keys[i].lock)
+		}
 	}
 	if len(errs) > 0 {
 		// The closing set stays for the next UnlockByPull of this pull.
 		return locks, errors.Join(errs...)
 	}
-	if err := r.client.Del(ctx, closing).Err(); err != nil {
+	// The index and the closing set share a slot, so this pipeline reaches
+	// one node, in order: no key leaves both.
+	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if len(queued) > 0 {
+			p.SAdd(ctx, index, queued...)
+		}
+		p.Del(ctx, closing)
+		return nil
+	}); err != nil {
 		r.logger.Warn("removing closed lock index %q: %s", closing, err)
 	}
 	return locks, nil

@@ -41,7 +41,7 @@ func TestRetriedReleaseDoesNotReleaseTheNextHolder(t *testing.T) {
 	first := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
 	mustTryLock(t, r, first)
 	k := r.keys.forProject(first.Project, first.Workspace)
-	call := r.releaseCall(k, "")
+	call := r.releaseCall(k, "", "")
 
 	released, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
 	Ok(t, err)

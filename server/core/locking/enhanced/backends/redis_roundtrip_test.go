@@ -12,9 +12,9 @@ import (
 )
 
 // TestAcquireReleaseRoundTrips: taking a free lock and releasing it is two
-// round trips: the native SET NX GET with the two index writes pipelined
-// behind it (the shard set is written once per process), then the release
-// script.
+// round trips: the native SET NX GET with the check for the pull's own queue
+// entry and the two index writes pipelined behind it (the shard set is
+// written once per process), then the release script.
 //
 // How it counts: a hook on the client records each round trip and the
 // commands in it. INFO commandstats (after CONFIG RESETSTAT, read before
@@ -50,7 +50,7 @@ func TestAcquireReleaseRoundTrips(t *testing.T) {
 			counts := redistest.CommandCount(t, c)
 
 			t.Logf("%s: round trips %v; server commandstats %v", name, trips, counts)
-			Equals(t, [][]string{{"set", "sadd", "sadd"}, {"evalsha"}}, trips)
+			Equals(t, [][]string{{"set", "hexists", "sadd", "sadd"}, {"evalsha"}}, trips)
 			Equals(t, int64(1), counts["evalsha"])
 			Equals(t, int64(0), counts["eval"])
 			// The release script reads its retry record and the lock in one

@@ -28,12 +28,18 @@ const positionCommand = "lock queue position"
 // notifyTimeout bounds the VCS calls of one notification.
 const notifyTimeout = time.Minute
 
+// maxPositionPasses bounds how often one PostPositions posts a pull's places
+// that keep moving while it posts them.
+const maxPositionPasses = 3
+
 // Notifier writes the queue's comments on pull requests.
 type Notifier struct {
 	queues   enhanced.QueueBackend
 	vcs      Commenter
 	autoPlan bool
 	logger   logging.SimpleLogging
+	// posting serialises PostPositions per pull in this process.
+	posting pullMutexes
 }
 
 // NewNotifier returns a notifier reading queues and commenting through vcs;
@@ -49,31 +55,60 @@ func NewNotifier(queues enhanced.QueueBackend, vcs Commenter, autoPlan bool, log
 // PostPositions replaces the pull's position comment with one listing every
 // queue it is in, or only hides the old one when it is in none. Errors are
 // logged (a missed position comment is noise lost, not a lock) and returned.
+//
+// Several replicas may post one pull's places at once (two of its projects
+// handed over, a hand-over beside a pull leaving): each hides the old
+// comments, then posts what it read, so one that read before another's
+// change could post its stale places last. So once posted, the places are
+// read again and posted again if they moved: whoever posts last then shows
+// what the queues hold. In this process one pull's places are posted by one
+// call at a time, so two calls here never both hide, then both post.
 func (n *Notifier) PostPositions(ctx context.Context, repo models.Repo, pullNum int) error {
+	unlock := n.posting.lock(keyOf(repo.FullName, pullNum))
+	defer unlock()
+	var shown string
+	for pass := 0; pass < maxPositionPasses; pass++ {
+		body, err := n.positions(ctx, repo, pullNum)
+		if err != nil {
+			return err
+		}
+		if pass > 0 && body == shown {
+			return nil
+		}
+		if err := n.vcs.HidePrevCommandComments(n.logger, repo, pullNum, positionCommand, ""); err != nil {
+			n.logger.Warn("hiding the previous queue position comments of pull %s#%d: %s", repo.FullName, pullNum, err)
+		}
+		if body != "" {
+			if err := n.vcs.CreateComment(n.logger, repo, pullNum, body, positionCommand); err != nil {
+				return n.failed(repo, pullNum, "commenting its queue positions", err)
+			}
+		}
+		shown = body
+	}
+	n.logger.Warn("the queue positions of pull %s#%d kept moving while they were posted; the next move posts them again", repo.FullName, pullNum)
+	return nil
+}
+
+// positions is the position comment for the pull's places now, or "" when it
+// is in no queue.
+func (n *Notifier) positions(ctx context.Context, repo models.Repo, pullNum int) (string, error) {
 	entries, err := n.queues.PullEntries(ctx, repo.FullName, pullNum)
 	if err != nil {
-		return n.failed(repo, pullNum, "reading its queue entries", err)
+		return "", n.failed(repo, pullNum, "reading its queue entries", err)
+	}
+	if len(entries) == 0 {
+		return "", nil
 	}
 	holders := make([]*models.ProjectLock, len(entries))
 	depths := make([]int, len(entries))
 	for i, e := range entries {
 		q, err := n.queues.Queue(ctx, e.Lock.Project, e.Lock.Workspace)
 		if err != nil {
-			return n.failed(repo, pullNum, "reading a queue", err)
+			return "", n.failed(repo, pullNum, "reading a queue", err)
 		}
 		holders[i], depths[i] = q.Holder, len(q.Entries)
 	}
-	if err := n.vcs.HidePrevCommandComments(n.logger, repo, pullNum, positionCommand, ""); err != nil {
-		n.logger.Warn("hiding the previous queue position comments of pull %s#%d: %s", repo.FullName, pullNum, err)
-	}
-	if len(entries) == 0 {
-		return nil
-	}
-	body := positionsComment(entries, holders, depths, n.autoPlan)
-	if err := n.vcs.CreateComment(n.logger, repo, pullNum, body, positionCommand); err != nil {
-		return n.failed(repo, pullNum, "commenting its queue positions", err)
-	}
-	return nil
+	return positionsComment(entries, holders, depths, n.autoPlan), nil
 }
 
 // Queued tells a pull that has just queued its places, then the pulls it

@@ -26,13 +26,18 @@ type NoticeWatcher interface {
 	WatchNotices(ctx context.Context) <-chan struct{}
 }
 
+// DefaultNoticeLease is how long a claimed notice is one replica's to deliver
+// unless --enhanced-locking-queue-notice-lease says otherwise.
+const DefaultNoticeLease = 2 * time.Minute
+
 // WorkerOptions configures a Worker. Zero values take the defaults.
 type WorkerOptions struct {
 	// AutoPlan re-plans the project for the pull handed its lock.
 	AutoPlan bool
 	// Lease is how long a claimed notice is this replica's to deliver before
-	// another may take it over (default 2m). It must outlast the comment
-	// calls of one delivery.
+	// another may take it over (default DefaultNoticeLease). It must outlast
+	// the comment calls of one delivery, or another replica may post the
+	// same comment again.
 	Lease time.Duration
 	// Poll is how often due notices are claimed without an announcement
 	// (default 5s): a replica that died mid-delivery is taken over within
@@ -66,8 +71,7 @@ type Worker struct {
 	wake chan struct{}
 	// plans serialises re-plans per pull: projects of one pull handed over
 	// together plan one after the other, as one pull's commands do.
-	plansMu sync.Mutex
-	plans   map[pullKey]*pullPlans
+	plans   pullMutexes
 	running sync.WaitGroup
 }
 
@@ -75,7 +79,7 @@ type Worker struct {
 // opts.AutoPlan is off.
 func NewWorker(queues enhanced.QueueBackend, notifier *Notifier, planner Planner, opts WorkerOptions) *Worker {
 	if opts.Lease <= 0 {
-		opts.Lease = 2 * time.Minute
+		opts.Lease = DefaultNoticeLease
 	}
 	if opts.Poll <= 0 {
 		opts.Poll = 5 * time.Second
@@ -96,7 +100,6 @@ func NewWorker(queues enhanced.QueueBackend, notifier *Notifier, planner Planner
 		opts:     opts,
 		metrics:  newMetrics(opts.Scope),
 		wake:     make(chan struct{}, 1),
-		plans:    map[pullKey]*pullPlans{},
 	}
 }
 
@@ -251,37 +254,17 @@ func (w *Worker) ack(ctx context.Context, n enhanced.QueueNotice, q enhanced.Loc
 	return nil
 }
 
-// pullPlans serialises one pull's re-plans; users counts the re-plans
-// holding or waiting for it, so it is dropped when none is left.
-type pullPlans struct {
-	sync.Mutex
-	users int
-}
-
 // replan runs the plan in the background, after any other re-plan of the
 // same pull.
 func (w *Worker) replan(lock models.ProjectLock) {
 	k := keyOf(lock.Pull.BaseRepo.FullName, lock.Pull.Num)
-	w.plansMu.Lock()
-	p := w.plans[k]
-	if p == nil {
-		p = &pullPlans{}
-		w.plans[k] = p
-	}
-	p.users++
-	w.plansMu.Unlock()
 	w.metrics.replansStarted.Inc(1)
 	w.running.Add(1)
 	go func() {
 		defer w.running.Done()
-		p.Lock()
+		unlock := w.plans.lock(k)
 		err := w.planner.Replan(context.Background(), lock)
-		p.Unlock()
-		w.plansMu.Lock()
-		if p.users--; p.users == 0 {
-			delete(w.plans, k)
-		}
-		w.plansMu.Unlock()
+		unlock()
 		if err != nil {
 			w.metrics.replansFailed.Inc(1)
 			w.opts.Logger.Warn("re-planning %q for pull %d, which was handed its lock: %s", key(lock), lock.Pull.Num, err)

@@ -10,6 +10,9 @@ local current = redis.call('GET', KEYS[1])
 if not current then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SADD', KEYS[5], KEYS[1])
+  -- Free with an entry of this pull only when deleted outside these scripts:
+  -- a pull that holds the lock does not wait for it.
+  forget_pull_entry(ARGV[2], ARGV[3])
   return {1, ARGV[1]}
 end
 -- Indexing here also picks up locks an upstream replica created.

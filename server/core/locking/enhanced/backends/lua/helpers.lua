@@ -154,9 +154,18 @@ end
 -- entry handed the lock leaves a notice, in this same step, so the hand-over
 -- is announced exactly once whatever happens to this replica next. An entry
 -- of the releasing pull (released, the value given) is dropped: a pull is
--- never handed back what it gives up. The lock's entry in its index shard
--- stays: List drops the entries of locks that are gone. Returns the new
--- holder's token, or false.
+-- never handed back what it gives up. A lock handed over is put in its index
+-- shard again: the shard may have dropped it (List prunes the locks it finds
+-- gone, as one deleted outside these scripts is until a sweep or a waiter
+-- hands it over), and a held lock is always in its shard. A freed lock's
+-- entry stays: List drops the entries of locks that are gone. Returns the
+-- new holder's token, or false.
+local function hand_to(channel, token, value)
+  redis.call('SET', KEYS[1], value)
+  redis.call('SADD', KEYS[5], KEYS[1])
+  redis.call('PUBLISH', channel, token)
+end
+
 local function handoff(channel, released)
   local now = nil
   local releaser = nil
@@ -183,16 +192,14 @@ local function handoff(channel, released)
       if pull == releaser then
         -- its own pull let go: nothing to announce
       elseif deadline and value and deadline >= now then
-        redis.call('SET', KEYS[1], value)
-        redis.call('PUBLISH', channel, token)
+        hand_to(channel, token, value)
         notify('transferred', token, meta, deadline, value, now)
         return token
       else
         notify('expired', token, meta, deadline, value, now)
       end
     elseif deadline and value and deadline >= now then
-      redis.call('SET', KEYS[1], value)
-      redis.call('PUBLISH', channel, token)
+      hand_to(channel, token, value)
       return token
     end
   end

@@ -12,8 +12,11 @@ if ARGV[3] == '' then
   redis.call('HDEL', KEYS[2], id, 'c:' .. id, 'd:' .. id)
   return 1
 end
+-- A step is recorded once, however often a claim reports it.
 local done = redis.call('HGET', KEYS[2], 'd:' .. id) or ''
-redis.call('HSET', KEYS[2], 'd:' .. id, done .. ARGV[3] .. '\n')
+if not string.find('\n' .. done, '\n' .. ARGV[3] .. '\n', 1, true) then
+  redis.call('HSET', KEYS[2], 'd:' .. id, done .. ARGV[3] .. '\n')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[4]), id)
