@@ -84,10 +84,9 @@ func scrapedNames(t *testing.T, file string) map[string]bool {
 // TestMonitoringNamesAreExported and does nothing on its own. It builds the
 // server as `atlantis server` would with Prometheus on in upstream's way (the
 // metrics block of the server-side repo config, upstream's default stats
-// namespace), on a real Redis with the queue, deadlock detection and the
-// BoltDB fallback on, runs its health checks, drives lock traffic and a
-// fallback and back, and writes the server's /metrics to the file
-// scrapeOutEnv names.
+// namespace), on a real Redis with every feature that has series on, starts
+// its health checks and reaper, drives lock traffic and a fallback and back,
+// and writes the server's /metrics to the file scrapeOutEnv names.
 //
 // Untagged series exist from the start: upstream's Prometheus reporter is a
 // cached reporter, which registers a series, at zero, as soon as the server
@@ -106,16 +105,21 @@ func TestMonitoringScrapeHelperProcess(t *testing.T) {
 	userConfig.RepoConfig = filepath.Join(t.TempDir(), "repos.yaml")
 	Ok(t, os.WriteFile(userConfig.RepoConfig, []byte("metrics:\n  prometheus:\n    endpoint: /metrics\n"), 0o600))
 	// Every feature with series of its own is on: the queue, deadlock
-	// detection and the fallback.
+	// detection, the stale-lock reaper and the fallback. The reaper's first
+	// pass is an interval away, so it asks no VCS.
 	cfg := queueConfig(redisSrv.Addr)
 	cfg.Features.DeadlockDetection = true
+	cfg.Features.StaleLockReaper = true
+	cfg.Features.StaleLockReaperInterval = time.Hour
 	cfg.Fallback.Mode = FallbackBoltDB
 	cfg.Redis.DialTimeout = 300 * time.Millisecond
 	cfg.Performance.HealthCheckInterval = 100 * time.Millisecond
 	srv, serve := startTestServer(t, userConfig, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// As Start does, without upstream's listener.
 	srv.watchBackend(ctx)
+	Ok(t, srv.startReaper(ctx))
 	waitForActiveBackend(t, serve, "redis")
 
 	// One grant, one refusal (contended), one release.
