@@ -154,6 +154,21 @@ func TestRedisServer_UnreachableAtStart(t *testing.T) {
 	ErrContains(t, addr, err)
 }
 
+// waitForActiveBackend waits until /healthz names want as the active
+// backend: "redis", or "legacy-fallback" while the server's health checks
+// (watchBackend) see Redis gone.
+func waitForActiveBackend(t *testing.T, serve func(method, path string) *httptest.ResponseRecorder, want string) {
+	t.Helper()
+	activeBackend := func() string {
+		var health HealthzResponse
+		Ok(t, json.Unmarshal(serve("GET", "/healthz").Body.Bytes(), &health))
+		return health.EnhancedLocking.ActiveBackend
+	}
+	for start := time.Now(); activeBackend() != want; time.Sleep(20 * time.Millisecond) {
+		Assert(t, time.Since(start) < 30*time.Second, "active backend is %s, want %s", activeBackend(), want)
+	}
+}
+
 // TestRedisServer_FallbackFollowsHealth runs the server's own health checks
 // against a Redis that goes away and comes back: locks go to BoltDB while it
 // is gone and are in Redis once it is back, with no call from the test.
@@ -167,21 +182,10 @@ func TestRedisServer_FallbackFollowsHealth(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	srv.watchBackend(ctx)
-	activeBackend := func() string {
-		var health HealthzResponse
-		Ok(t, json.Unmarshal(serve("GET", "/healthz").Body.Bytes(), &health))
-		return health.EnhancedLocking.ActiveBackend
-	}
-	waitFor := func(want string) {
-		t.Helper()
-		for start := time.Now(); activeBackend() != want; time.Sleep(20 * time.Millisecond) {
-			Assert(t, time.Since(start) < 30*time.Second, "active backend is %s, want %s", activeBackend(), want)
-		}
-	}
-	waitFor("redis")
+	waitForActiveBackend(t, serve, "redis")
 
 	redisSrv.Stop()
-	waitFor("legacy-fallback")
+	waitForActiveBackend(t, serve, "legacy-fallback")
 	project := models.NewProject("org/repo", "during-outage", "")
 	resp, err := srv.Locker.TryLock(project, "default", models.PullRequest{Num: 4}, models.User{Username: "alice"})
 	Ok(t, err)
@@ -189,7 +193,7 @@ func TestRedisServer_FallbackFollowsHealth(t *testing.T) {
 	Equals(t, http.StatusOK, serve("GET", "/readyz").Code)
 
 	redisSrv.Restart()
-	waitFor("redis")
+	waitForActiveBackend(t, serve, "redis")
 	value, err := redisSrv.Client(t).Get(context.Background(), "pr/org/repo/during-outage/default/").Result()
 	Ok(t, err)
 	Assert(t, strings.Contains(value, `"Num":4`), "lock taken during the outage is not in Redis: %s", value)
