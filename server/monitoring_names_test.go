@@ -115,11 +115,10 @@ func TestMonitoringScrapeHelperProcess(t *testing.T) {
 	cfg.Redis.DialTimeout = 300 * time.Millisecond
 	cfg.Performance.HealthCheckInterval = 100 * time.Millisecond
 	srv, serve := startTestServer(t, userConfig, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	// As Start does, without upstream's listener.
-	srv.watchBackend(ctx)
-	Ok(t, srv.startReaper(ctx))
+	stop, err := srv.startEnhanced()
+	Ok(t, err)
+	defer stop()
 	waitForActiveBackend(t, serve, "redis")
 
 	// One grant, one refusal (contended), one release.
@@ -149,14 +148,14 @@ func TestMonitoringScrapeHelperProcess(t *testing.T) {
 		if strings.Contains(body, "\natlantis_enhanced_locks_acquired_total 1\n") {
 			break
 		}
-		Assert(t, time.Since(start) < 30*time.Second, "the grant was not counted on /metrics:\n%s", enhancedLines(body))
+		Assert(t, time.Since(start) < 30*time.Second, "the grant was not counted on /metrics:\n%s", enhancedScrapeLines(body))
 	}
-	t.Logf("enhanced locking's series on /metrics:\n%s", enhancedLines(body))
+	t.Logf("enhanced locking's series on /metrics:\n%s", enhancedScrapeLines(body))
 	Ok(t, os.WriteFile(out, []byte(body), 0o600))
 }
 
 // enhancedLines are the sample lines of enhanced locking's series, sorted.
-func enhancedLines(body string) string {
+func enhancedScrapeLines(body string) string {
 	var lines []string
 	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, "atlantis_enhanced_") {
