@@ -119,13 +119,28 @@ func (m *Manager) Acquire(ctx context.Context, pull enhanced.PullRef, command st
 	}
 	waited := false
 	var holder enhanced.CommandLease
+	// failingSince is when the store last started failing; zero while it
+	// answers.
+	var failingSince time.Time
 	for {
 		asked := time.Now()
 		state, err := m.store.TryCommandLease(ctx, req)
+		if err == nil {
+			failingSince = time.Time{}
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
-			// The store may come back within the wait; the place in line
-			// lapses only after a TTL without asking.
+			// A blip passes within the wait, and the place in line lapses
+			// only after a TTL without asking. A store out of reach for a
+			// whole TTL fails the command closed now rather than at the end
+			// of a wait of many minutes.
+			if failingSince.IsZero() {
+				failingSince = asked
+			}
+			if time.Since(failingSince) >= m.opts.TTL {
+				m.leave(pull, req.Token)
+				return nil, fmt.Errorf("taking the command lease of %s: the lease store failed for %s: %w", pullName(pull), m.opts.TTL, err)
+			}
 			m.opts.Logger.Warn("command lease of %s: %s", pullName(pull), err)
 		case err == nil && state.Granted:
 			if waited {

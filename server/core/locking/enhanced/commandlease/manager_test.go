@@ -248,3 +248,30 @@ func TestNewManager_RejectsBadDurations(t *testing.T) {
 		ErrContains(t, c.want, err)
 	}
 }
+
+// down is a store that cannot be reached at all.
+type down struct{ enhanced.CommandLeaseStore }
+
+func (down) TryCommandLease(context.Context, enhanced.CommandLeaseRequest) (enhanced.CommandLeaseState, error) {
+	return enhanced.CommandLeaseState{}, enhanced.ErrBackendUnavailable
+}
+
+// A store out of reach fails the command closed after one TTL, not at the
+// end of the (much longer) wait, and not as a wait timeout.
+func TestManager_AStoreOutOfReachFailsClosedAfterATTL(t *testing.T) {
+	m, err := commandlease.NewManager(down{backends.NewMemoryCommandLeases()}, commandlease.Options{TTL: time.Second, WaitTimeout: time.Hour, Poll: 20 * time.Millisecond})
+	Ok(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Acquire(context.Background(), pull, "plan")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		Assert(t, errors.Is(err, enhanced.ErrBackendUnavailable), "want the store's error, got %v", err)
+		var timeout *commandlease.WaitTimeoutError
+		Assert(t, !errors.As(err, &timeout), "a store out of reach is not a wait timeout: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("Acquire kept waiting on a store out of reach")
+	}
+}
