@@ -21,7 +21,7 @@ import (
 // leaseRounds is how many times one pull's two commands reach the two
 // replicas at the same instant. Without the command lease, a plan delivered
 // to both replicas at once broke the shared checkout in 10 of 10 rounds.
-const leaseRounds = 6
+const leaseRounds = 10
 
 // leaseLogMarker is in both lines the command runner logs around each
 // command it runs while holding the pull's lease (server/command_lease.go).
@@ -272,7 +272,9 @@ func TestCommandLeaseTakenOverAfterSIGKILL(t *testing.T) {
 	}
 	Assert(t, strings.HasPrefix(runs[0].what, "[replica-2]"), "the finished run is %s", runs[0].what)
 	Assert(t, runs[0].start.After(killed), "replica 2 started at %s, before replica 1 was killed at %s", runs[0].start, killed)
-	t.Logf("replica 2 took the pull over %s after replica 1 was killed (lease TTL %s)", runs[0].start.Sub(killed).Round(10*time.Millisecond), ttl)
+	// At most a TTL after replica 1's last renewal, plus one poll of the
+	// waiting command: logged, not asserted (timing goals live in benchmarks).
+	t.Logf("replica 2 took the pull over %s after replica 1 was killed (lease TTL %s, waiters ask every 250ms)", runs[0].start.Sub(killed).Round(10*time.Millisecond), ttl)
 	Equals(t, pr.Number, h.lockHolder())
 	Equals(t, map[string]int{lockName: pr.Number}, h.apiLocks(h.r2))
 	h.checkRedisConsistent()
