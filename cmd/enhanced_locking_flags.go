@@ -198,7 +198,7 @@ var enhancedFlags = []enhancedFlag{
 	},
 	{
 		name:        EnhancedLockingCommandLeaseTTLFlag,
-		description: "How long a pull request's command lease outlives its last renewal: a replica that dies while it runs a command for a pull holds the pull's next command back this long at most; renewed every third of it.",
+		description: "How long a pull request's command lease outlives its last renewal: a replica that dies while it runs a command for a pull holds the pull's next command back this long (plus a quarter second) at most; renewed every third of it.",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Features.CommandLeaseTTL.String() },
 		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.CommandLeaseTTL = v }),
 	},
