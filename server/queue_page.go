@@ -64,6 +64,17 @@ type queuePageData struct {
 	AtlantisVersion string
 	QueueEnabled    bool
 	Rows            []queuePageRow
+	// Commands are the commands running now, each holding its pull's
+	// command lease, on any replica.
+	Commands []queuePageCommand
+}
+
+type queuePageCommand struct {
+	Pull    string
+	Command string
+	Replica string
+	Running string
+	Since   string
 }
 
 type queuePageRow struct {
@@ -116,6 +127,15 @@ func (p *queuePage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (p *queuePage) data(status QueueStatus) queuePageData {
 	d := queuePageData{BasePath: p.basePath, AtlantisVersion: p.atlantisVersion, QueueEnabled: status.QueueEnabled}
+	for _, c := range status.Commands {
+		d.Commands = append(d.Commands, queuePageCommand{
+			Pull:    fmt.Sprintf("%s#%d", c.Repo, c.PullNumber),
+			Command: c.Command,
+			Replica: c.Replica,
+			Running: (time.Duration(c.RunningSeconds) * time.Second).String(),
+			Since:   c.RunningSince.Format(queueTimeFormat),
+		})
+	}
 	for _, l := range status.Locks {
 		first := queuePageRow{First: true, Span: max(len(l.Queue), 1), Lock: lockLabel(l), LockURL: p.lockURL(l.Key)}
 		if h := l.Holder; h != nil {

@@ -16,6 +16,8 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 )
 
 // chromiumPath finds Debian's chromium. A missing browser fails the test, as
@@ -86,6 +88,9 @@ func TestQueuePage_InChromium(t *testing.T) {
 			}
 			srv, _ := startQueueServer(t, userConfig)
 			f := newQueueFixture(t, srv, "dir")
+			running, err := srv.leases.Acquire(t.Context(), enhanced.PullRef{RepoFullName: "org/repo", Num: 7}, "atlantis apply -p dir")
+			Ok(t, err)
+			defer running.Release()
 			web := httptest.NewServer(upstreamHandler(srv))
 			defer web.Close()
 
@@ -119,6 +124,13 @@ func TestQueuePage_InChromium(t *testing.T) {
 			Equals(t, []string{"2", "#8 bob", "low"}, rows[1][:3])
 			Assert(t, waiting.MatchString(rows[1][3]), "waiting time %q", rows[1][3])
 			Equals(t, expires(f.low.Expires), rows[1][4])
+
+			commands, err := chromedp.Run(ctx, chromedp.Evaluate[[][]string](
+				`Array.from(document.querySelectorAll('#commands tbody tr')).map(tr => Array.from(tr.cells).map(c => c.innerText.trim()))`))
+			Ok(t, err)
+			Equals(t, 1, len(commands))
+			Equals(t, []string{"org/repo#7", "atlantis apply -p dir", replicaName(userConfig.Port)}, commands[0][:3])
+			Assert(t, waiting.MatchString(commands[0][3]), "running for %q", commands[0][3])
 
 			// Upstream's stylesheet reached the page: skeleton.css sets the font.
 			font, err := chromedp.Run(ctx, chromedp.Evaluate[string](`getComputedStyle(document.body).fontFamily`))

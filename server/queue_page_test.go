@@ -76,6 +76,8 @@ func TestQueuePage_Rows(t *testing.T) {
 					WaitingSeconds: 125, WaitingSince: &since, ExpiresAt: &expires},
 				{Position: 2, PullNumber: 8, User: "bob", Priority: "normal", Synchronous: true},
 			}},
+	}, Commands: []RunningCommandStatus{
+		{Repo: "org/repo", PullNumber: 9, Command: "atlantis apply -p <infra>", Replica: "atlantis-1:4141", RunningSince: since, RunningSeconds: 75},
 	}}
 	p := &queuePage{
 		read:     func(context.Context, time.Time) (QueueStatus, error) { return status, nil },
@@ -104,6 +106,9 @@ func TestQueuePage_Rows(t *testing.T) {
 	Assert(t, !strings.Contains(html, "javascript:alert"), "unsafe pull URL rendered as a link")
 	Assert(t, strings.Contains(html, "&lt;carol&gt;"), "user name not escaped")
 	Assert(t, !strings.Contains(html, `id="queue-off"`), "queue-off note with the queue on")
+	Equals(t, []queuePageCommand{{Pull: "org/repo#9", Command: "atlantis apply -p <infra>", Replica: "atlantis-1:4141", Running: "1m15s", Since: "2025-03-04 05:06:07"}}, d.Commands)
+	Assert(t, strings.Contains(html, "<code>atlantis apply -p &lt;infra&gt;</code>"), "the running command is not shown, escaped:\n%s", html)
+	Assert(t, !strings.Contains(html, `id="no-commands"`), "no-commands note while a command runs")
 }
 
 func TestQueuePage_QueueOffAndErrors(t *testing.T) {
@@ -117,6 +122,7 @@ func TestQueuePage_QueueOffAndErrors(t *testing.T) {
 	Equals(t, http.StatusOK, rec.Code)
 	Assert(t, strings.Contains(rec.Body.String(), `id="queue-off"`), "no note that the queue is off")
 	Assert(t, strings.Contains(rec.Body.String(), "No locks found."), "no placeholder without locks")
+	Assert(t, strings.Contains(rec.Body.String(), `id="no-commands"`), "no placeholder without running commands")
 
 	failing := &queuePage{read: func(context.Context, time.Time) (QueueStatus, error) {
 		return QueueStatus{}, errors.New("reading the lock queues: redis down")
