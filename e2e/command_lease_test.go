@@ -235,7 +235,10 @@ func checkNoOverlap(t *testing.T, source string, runs []run) {
 // before the kill, and the pull ends planned and locked by itself.
 func TestCommandLeaseTakenOverAfterSIGKILL(t *testing.T) {
 	stall := filepath.Join(t.TempDir(), "stall-plans")
-	const ttl = 4 * time.Second
+	// Long enough that a loaded machine never stalls replica 1 past its
+	// renewals (it gives the lease up after four fifths of it): the takeover
+	// measured must be the kill's.
+	const ttl = 10 * time.Second
 	h := newHarness(t, harnessOptions{extraArgs: []string{
 		"--repo-config-json=" + stallingPlanConfig(t, stall),
 		"--enhanced-locking-command-lease-ttl=" + ttl.String(),
