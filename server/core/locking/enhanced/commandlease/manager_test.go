@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -195,15 +196,27 @@ func leaseKeys(t *testing.T, client redis.UniversalClient) []string {
 }
 
 // stolen is a store whose renewals answer that another token holds the
-// lease, as after this replica was paused past the TTL.
-type stolen struct{ enhanced.CommandLeaseStore }
+// lease while on is set, as after this replica was paused past the TTL.
+type stolen struct {
+	enhanced.CommandLeaseStore
+	on *atomic.Bool
+}
 
-func (stolen) RenewCommandLease(context.Context, enhanced.PullRef, string, time.Duration) (bool, error) {
-	return false, nil
+func newStolen() stolen {
+	s := stolen{CommandLeaseStore: backends.NewMemoryCommandLeases(), on: &atomic.Bool{}}
+	s.on.Store(true)
+	return s
+}
+
+func (s stolen) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token string, ttl time.Duration) (bool, error) {
+	if s.on.Load() {
+		return false, nil
+	}
+	return s.CommandLeaseStore.RenewCommandLease(ctx, p, token, ttl)
 }
 
 func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
-	store := stolen{backends.NewMemoryCommandLeases()}
+	store := newStolen()
 	const ttl = 300 * time.Millisecond
 	scope := tally.NewTestScope("", nil)
 	m, err := commandlease.NewManager(store, commandlease.Options{Replica: "r1", TTL: ttl, WaitTimeout: time.Minute, Poll: 20 * time.Millisecond, Scope: scope})
@@ -211,6 +224,7 @@ func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
 	l, err := m.Acquire(context.Background(), pull, "plan")
 	Ok(t, err)
 	<-l.Lost()
+	store.on.Store(false)
 	Equals(t, commandlease.ErrLeaseLost, l.Err())
 	Equals(t, int64(1), scope.Snapshot().Counters()["command_lease.lost_total+"].Value())
 
@@ -274,4 +288,82 @@ func TestManager_AStoreOutOfReachFailsClosedAfterATTL(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("Acquire kept waiting on a store out of reach")
 	}
+}
+
+// hanging is a store whose renewals hang until their deadline while on is
+// set, as when this replica's connection to Redis stalls.
+type hanging struct {
+	enhanced.CommandLeaseStore
+	on *atomic.Bool
+}
+
+func newHanging() hanging {
+	h := hanging{CommandLeaseStore: backends.NewMemoryCommandLeases(), on: &atomic.Bool{}}
+	h.on.Store(true)
+	return h
+}
+
+func (h hanging) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token string, ttl time.Duration) (bool, error) {
+	if h.on.Load() {
+		<-ctx.Done()
+		return false, ctx.Err()
+	}
+	return h.CommandLeaseStore.RenewCommandLease(ctx, p, token, ttl)
+}
+
+// The fence closes at the lease's local deadline, read on the clock at each
+// check, even while the heartbeat is stuck in a renewal that hangs past it.
+func TestManager_TheFenceClosesAtTheDeadlineWhileRenewalsHang(t *testing.T) {
+	store := newHanging()
+	const ttl = 900 * time.Millisecond
+	m := newManager(t, store, "r1", ttl, time.Minute)
+	l, err := m.Acquire(context.Background(), pull, "plan")
+	Ok(t, err)
+	defer l.Release()
+	Ok(t, m.Check(pull.RepoFullName, pull.Num))
+	// From 2/3 of the TTL to the whole TTL the heartbeat waits on its second
+	// renewal; the deadline, 4/5 of the TTL, falls inside.
+	time.Sleep(ttl * 17 / 20)
+	Assert(t, errors.Is(m.Check(pull.RepoFullName, pull.Num), commandlease.ErrLeaseLost),
+		"the fence must be closed past the lease's deadline")
+	Equals(t, commandlease.ErrLeaseLost, l.Err())
+	select {
+	case <-l.Lost():
+	case <-time.After(ttl):
+		t.Fatal("the loss was not announced at the deadline")
+	}
+}
+
+// A command granted the lease while a command of this process that lost it
+// still runs waits for that one to return, and the fence stays closed until
+// it has.
+func TestManager_AGrantWaitsForTheLostCommandOfThisReplica(t *testing.T) {
+	store := newHanging()
+	const ttl = 300 * time.Millisecond
+	m := newManager(t, store, "r1", ttl, time.Minute)
+	lost, err := m.Acquire(context.Background(), pull, "plan")
+	Ok(t, err)
+	<-lost.Lost()
+	store.on.Store(false)
+	next := make(chan *commandlease.Lease)
+	go func() {
+		n, err := m.Acquire(context.Background(), pull, "apply")
+		if err != nil {
+			t.Errorf("next: %s", err)
+		}
+		next <- n
+	}()
+	// The store grants it once the lost lease expires there, after a TTL.
+	time.Sleep(3 * ttl)
+	select {
+	case <-next:
+		t.Fatal("a command started while one that lost the lease still ran")
+	default:
+	}
+	Assert(t, errors.Is(m.Check(pull.RepoFullName, pull.Num), commandlease.ErrLeaseLost), "fenced while the lost command runs")
+	lost.Release()
+	n := <-next
+	Assert(t, n != nil, "the next command runs once the lost one returns")
+	Ok(t, m.Check(pull.RepoFullName, pull.Num))
+	n.Release()
 }
