@@ -217,7 +217,8 @@ func (s stolen) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token
 
 func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
 	store := newStolen()
-	const ttl = 300 * time.Millisecond
+	// Long enough that a loaded machine renews the next lease in time.
+	const ttl = time.Second
 	scope := tally.NewTestScope("", nil)
 	m, err := commandlease.NewManager(store, commandlease.Options{Replica: "r1", TTL: ttl, WaitTimeout: time.Minute, Poll: 20 * time.Millisecond, Scope: scope})
 	Ok(t, err)
@@ -339,7 +340,8 @@ func TestManager_TheFenceClosesAtTheDeadlineWhileRenewalsHang(t *testing.T) {
 // it has.
 func TestManager_AGrantWaitsForTheLostCommandOfThisReplica(t *testing.T) {
 	store := newHanging()
-	const ttl = 300 * time.Millisecond
+	// Long enough that a loaded machine renews the next lease in time.
+	const ttl = time.Second
 	m := newManager(t, store, "r1", ttl, time.Minute)
 	lost, err := m.Acquire(context.Background(), pull, "plan")
 	Ok(t, err)
