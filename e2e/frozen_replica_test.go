@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
 
@@ -67,9 +69,13 @@ func TestFrozenReplicaChangesNothing(t *testing.T) {
 	Ok(t, frozen.Resume())
 	wokeAt := time.Now()
 
-	planned := h.waitComment(pr, m, "the other replica's plan", func(string) bool { return true })
+	ctx, cancel := context.WithTimeout(h.ctx, waitTimeout)
+	defer cancel()
+	planned, err := h.sim.WaitForComment(ctx, repoFull, pr.Number, func(c vcssim.Comment) bool {
+		return c.ID > m.commentID && c.Client == other.Name()
+	})
+	Ok(t, err)
 	Assert(t, isPlanned(planned.Body), "the other replica's plan failed:\n%s", planned.Body)
-	Equals(t, other.Name(), planned.Client)
 	h.eventually("the frozen replica's command to return", func() (bool, string) {
 		runs, unfinished := commandRuns(t, h.logs.keptLines(), pr.Number)
 		for _, r := range runs {

@@ -30,7 +30,9 @@ import (
 //   - the working directory of that runner, of the project command builder
 //     and of the workflow hooks: git runs, deletions and plan removals are
 //     refused;
-//   - the pre- and post-workflow hook runners.
+//   - the pre- and post-workflow hook runners;
+//   - upstream's Redis database, whose pull status writes the plan and apply
+//     runners make directly (fencePullStatus).
 //
 // What no seam reaches: a process that was already running (stopped by the
 // pullStopper as the lease runs out), and upstream's Go code between two
@@ -38,7 +40,7 @@ import (
 // carry out). Closing a pull is never fenced: its executor keeps upstream's
 // own working directory and its locks are always freed.
 // TestSeamTypes fails if an upstream upgrade changes these types.
-func installCommandFence(srv *upstream.Server, fence enhanced.PullFence, logger logging.SimpleLogging) error {
+func installCommandFence(srv *upstream.Server, userConfig upstream.UserConfig, fence enhanced.PullFence, logger logging.SimpleLogging) error {
 	f := pullFence{fence: fence, logger: logger}
 	proxy, ok := srv.LocksController.VCSClient.(*vcs.ClientProxy)
 	if !ok {
@@ -76,7 +78,7 @@ func installCommandFence(srv *upstream.Server, fence enhanced.PullFence, logger 
 	post := srv.PostWorkflowHooksCommandRunner
 	post.WorkingDir = &fencedWorkingDir{WorkingDir: post.WorkingDir, fence: f}
 	post.PostWorkflowHookRunner = fencedPostHook{next: post.PostWorkflowHookRunner, fence: f}
-	return nil
+	return fencePullStatus(srv.LocksController.Database, userConfig, f)
 }
 
 func unsupportedUpstream(what string) error {

@@ -1,17 +1,23 @@
 package server
 
 import (
+	"context"
 	"errors"
+	"net"
 	"os"
+	"strconv"
 	"testing"
 
 	upstream "github.com/runatlantis/atlantis/server"
+	upstreamredis "github.com/runatlantis/atlantis/server/core/redis"
 	"github.com/runatlantis/atlantis/server/events"
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/events/vcs"
 	"github.com/runatlantis/atlantis/server/logging"
 	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
 var errLeaseRanOut = errors.New("lease ran out")
@@ -38,7 +44,7 @@ func TestCommandFence_RefusesEveryActOfAFencedPull(t *testing.T) {
 	reached := &recordingVCS{}
 	proxy := srv.LocksController.VCSClient.(*vcs.ClientProxy)
 	*proxy = *vcs.NewClientProxy(reached, reached, reached, reached, reached, reached)
-	Ok(t, installCommandFence(srv, fencedPull(7), logger))
+	Ok(t, installCommandFence(srv, testUserConfig(t), fencedPull(7), logger))
 
 	repo := models.Repo{FullName: "org/repo", VCSHost: models.VCSHost{Type: models.Github}}
 	fenced := models.PullRequest{Num: 7, BaseRepo: repo}
@@ -152,4 +158,63 @@ func (r *recordingVCS) DiscardReviews(_ logging.SimpleLogging, _ models.Repo, pu
 func (r *recordingVCS) MergePull(_ logging.SimpleLogging, pull models.PullRequest, _ models.PullRequestOptions) error {
 	r.pulls = append(r.pulls, pull.Num)
 	return nil
+}
+
+// Upstream's Redis database refuses a fenced pull's status writes, which its
+// plan and apply runners make without going through the adapter.
+func TestFencePullStatus_RefusesAFencedPullsStatusWrites(t *testing.T) {
+	srv := redistest.Start(t)
+	host, portText, err := net.SplitHostPort(srv.Addr)
+	Ok(t, err)
+	port, err := strconv.Atoi(portText)
+	Ok(t, err)
+	database, err := upstreamredis.New(host, port, "", false, false, 0)
+	Ok(t, err)
+	defer database.Close() // nolint: errcheck
+	userConfig := testUserConfig(t)
+	userConfig.RedisHost, userConfig.RedisPort = host, port
+	Ok(t, fencePullStatus(database, userConfig, pullFence{fence: fencedPull(7), logger: logging.NewNoopLogger(t)}))
+
+	repo := models.Repo{FullName: "org/repo", VCSHost: models.VCSHost{Hostname: "github.com", Type: models.Github}}
+	results := []command.ProjectResult{{RepoRelDir: "dir", Workspace: "default", Command: command.Plan, ProjectCommandOutput: command.ProjectCommandOutput{Error: errors.New("plan failed")}}}
+	_, err = database.UpdatePullWithResults(models.PullRequest{Num: 8, BaseRepo: repo}, results)
+	Ok(t, err)
+	_, err = database.UpdatePullWithResults(models.PullRequest{Num: 7, BaseRepo: repo}, results)
+	Assert(t, errors.Is(err, errLeaseRanOut), "a fenced pull's status was written: %v", err)
+	keys, err := srv.Client(t).Keys(context.Background(), "*::org/repo::*").Result()
+	Ok(t, err)
+	Equals(t, []string{"github.com::org/repo::8"}, keys)
+
+	// The status another replica wrote for the pull stays as it was.
+	other, err := upstreamredis.New(host, port, "", false, false, 0)
+	Ok(t, err)
+	defer other.Close() // nolint: errcheck
+	written, err := other.UpdatePullWithResults(models.PullRequest{Num: 7, BaseRepo: repo}, results)
+	Ok(t, err)
+	err = database.UpdateProjectStatus(models.PullRequest{Num: 7, BaseRepo: repo}, "default", "dir", models.AppliedPlanStatus)
+	Assert(t, errors.Is(err, errLeaseRanOut), "a fenced pull's project status was written: %v", err)
+	Assert(t, errors.Is(database.DeletePullStatus(models.PullRequest{Num: 7, BaseRepo: repo}), errLeaseRanOut), "a fenced pull's status was deleted")
+	status, err := other.GetPullStatus(models.PullRequest{Num: 7, BaseRepo: repo})
+	Ok(t, err)
+	Equals(t, written, *status)
+	Ok(t, database.DeletePullStatus(models.PullRequest{Num: 8, BaseRepo: repo}))
+}
+
+func TestParsePullStatusKey(t *testing.T) {
+	for key, want := range map[string]struct {
+		repo string
+		num  int
+		ok   bool
+	}{
+		"github.com::org/repo::7":         {"org/repo", 7, true},
+		"gitlab.example.com::g/sub/r::12": {"g/sub/r", 12, true},
+		"pr/org/repo/dir/default/":        {},
+		"github.com::org/repo::x":         {},
+		"a::b":                            {},
+	} {
+		repo, num, ok := parsePullStatusKey(key)
+		Equals(t, want.repo, repo)
+		Equals(t, want.num, num)
+		Equals(t, want.ok, ok)
+	}
 }

@@ -132,7 +132,7 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) (e
 		backend.Close() // nolint: errcheck
 		return err
 	}
-	if err := installCommandFence(s.Server, leases.leases, s.Logger); err != nil {
+	if err := installCommandFence(s.Server, userConfig, leases.leases, s.Logger); err != nil {
 		backend.Close() // nolint: errcheck
 		return err
 	}
