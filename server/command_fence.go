@@ -74,10 +74,10 @@ func installCommandFence(srv *upstream.Server, userConfig upstream.UserConfig, f
 	builder.WorkingDir = &fencedWorkingDir{WorkingDir: builder.WorkingDir, fence: f}
 	hooks := srv.PreWorkflowHooksCommandRunner
 	hooks.WorkingDir = &fencedWorkingDir{WorkingDir: hooks.WorkingDir, fence: f}
-	hooks.PreWorkflowHookRunner = fencedPreHook{next: hooks.PreWorkflowHookRunner, fence: f}
+	hooks.PreWorkflowHookRunner = fencedHook{next: hooks.PreWorkflowHookRunner, what: "run a pre-workflow hook", fence: f}
 	post := srv.PostWorkflowHooksCommandRunner
 	post.WorkingDir = &fencedWorkingDir{WorkingDir: post.WorkingDir, fence: f}
-	post.PostWorkflowHookRunner = fencedPostHook{next: post.PostWorkflowHookRunner, fence: f}
+	post.PostWorkflowHookRunner = fencedHook{next: post.PostWorkflowHookRunner, what: "run a post-workflow hook", fence: f}
 	return fencePullStatus(srv.LocksController.Database, userConfig, f)
 }
 

@@ -4,7 +4,6 @@ import (
 	"regexp"
 
 	"github.com/runatlantis/atlantis/server/core/config/valid"
-	"github.com/runatlantis/atlantis/server/core/runtime"
 	"github.com/runatlantis/atlantis/server/events"
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
@@ -86,25 +85,18 @@ func (s fencedMultiEnvStep) Run(ctx command.ProjectContext, shell *valid.Command
 	return s.next.Run(ctx, shell, cmd, path, envs, postProcessOutput)
 }
 
-type fencedPreHook struct {
-	next  runtime.PreWorkflowHookRunner
-	fence pullFence
-}
-
-func (h fencedPreHook) Run(ctx models.WorkflowHookCommandContext, command, shell, shellArgs, path string) (string, string, error) {
-	if err := h.fence.check("run a pre-workflow hook", ctx.Pull.BaseRepo.FullName, ctx.Pull.Num); err != nil {
-		return "", "", err
+// fencedHook runs a pre- or post-workflow hook, whose runners share one
+// method.
+type fencedHook struct {
+	next interface {
+		Run(ctx models.WorkflowHookCommandContext, command, shell, shellArgs, path string) (string, string, error)
 	}
-	return h.next.Run(ctx, command, shell, shellArgs, path)
-}
-
-type fencedPostHook struct {
-	next  runtime.PostWorkflowHookRunner
+	what  string
 	fence pullFence
 }
 
-func (h fencedPostHook) Run(ctx models.WorkflowHookCommandContext, command, shell, shellArgs, path string) (string, string, error) {
-	if err := h.fence.check("run a post-workflow hook", ctx.Pull.BaseRepo.FullName, ctx.Pull.Num); err != nil {
+func (h fencedHook) Run(ctx models.WorkflowHookCommandContext, command, shell, shellArgs, path string) (string, string, error) {
+	if err := h.fence.check(h.what, ctx.Pull.BaseRepo.FullName, ctx.Pull.Num); err != nil {
 		return "", "", err
 	}
 	return h.next.Run(ctx, command, shell, shellArgs, path)

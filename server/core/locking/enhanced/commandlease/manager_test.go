@@ -195,60 +195,79 @@ func leaseKeys(t *testing.T, client redis.UniversalClient) []string {
 	return keys
 }
 
-// stolen is a store whose renewals answer that another token holds the
-// lease while on is set, as after this replica was paused past the TTL.
-type stolen struct {
+// faulty is a store whose renewals fail while on is set: they answer that
+// another token holds the lease (stolen, as after this replica was paused
+// past the TTL) or hang until their deadline (as when the connection to Redis
+// stalls).
+type faulty struct {
 	enhanced.CommandLeaseStore
-	on *atomic.Bool
+	hang bool
+	on   *atomic.Bool
 }
 
-func newStolen() stolen {
-	s := stolen{CommandLeaseStore: backends.NewMemoryCommandLeases(), on: &atomic.Bool{}}
-	s.on.Store(true)
-	return s
+func newStolen() faulty  { return newFaulty(false) }
+func newHanging() faulty { return newFaulty(true) }
+
+func newFaulty(hang bool) faulty {
+	f := faulty{CommandLeaseStore: backends.NewMemoryCommandLeases(), hang: hang, on: &atomic.Bool{}}
+	f.on.Store(true)
+	return f
 }
 
-func (s stolen) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token string, ttl time.Duration) (bool, error) {
-	if s.on.Load() {
+func (f faulty) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token string, ttl time.Duration) (bool, error) {
+	switch {
+	case !f.on.Load():
+		return f.CommandLeaseStore.RenewCommandLease(ctx, p, token, ttl)
+	case f.hang:
+		<-ctx.Done()
+		return false, ctx.Err()
+	default:
 		return false, nil
 	}
-	return s.CommandLeaseStore.RenewCommandLease(ctx, p, token, ttl)
 }
 
+// A lease lost because the store gave it away, or because renewals hung past
+// its deadline, is noticed; a command of this replica granted the lease next
+// waits for the lost one to return, and the fence stays closed until it has.
 func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
-	store := newStolen()
-	// Long enough that a loaded machine renews the next lease in time.
-	const ttl = time.Second
-	scope := tally.NewTestScope("", nil)
-	m, err := commandlease.NewManager(store, commandlease.Options{Replica: "r1", TTL: ttl, WaitTimeout: time.Minute, Poll: 20 * time.Millisecond, Scope: scope})
-	Ok(t, err)
-	l, err := m.Acquire(context.Background(), pull, "plan")
-	Ok(t, err)
-	<-l.Lost()
-	store.on.Store(false)
-	Equals(t, commandlease.ErrLeaseLost, l.Err())
-	Equals(t, int64(1), scope.Snapshot().Counters()["command_lease.lost_total+"].Value())
+	for name, store := range map[string]faulty{"stolen": newStolen(), "hanging": newHanging()} {
+		t.Run(name, func(t *testing.T) {
+			// Long enough that a loaded machine renews the next lease in time.
+			const ttl = time.Second
+			scope := tally.NewTestScope("", nil)
+			m, err := commandlease.NewManager(store, commandlease.Options{Replica: "r1", TTL: ttl, WaitTimeout: time.Minute, Poll: 20 * time.Millisecond, Scope: scope})
+			Ok(t, err)
+			l, err := m.Acquire(context.Background(), pull, "plan")
+			Ok(t, err)
+			<-l.Lost()
+			store.on.Store(false)
+			Equals(t, commandlease.ErrLeaseLost, l.Err())
+			Equals(t, int64(1), scope.Snapshot().Counters()["command_lease.lost_total+"].Value())
 
-	// The store frees the lease once it expires; this replica's next command
-	// still waits for the one that lost it to return.
-	next := make(chan *commandlease.Lease)
-	go func() {
-		n, err := m.Acquire(context.Background(), pull, "apply")
-		if err != nil {
-			t.Errorf("next: %s", err)
-		}
-		next <- n
-	}()
-	time.Sleep(3 * ttl)
-	select {
-	case <-next:
-		t.Fatal("a command ran while one that lost the lease still ran")
-	default:
+			// The store grants the lease again once it expires there, after a
+			// TTL; this replica's next command still waits.
+			next := make(chan *commandlease.Lease)
+			go func() {
+				n, err := m.Acquire(context.Background(), pull, "apply")
+				if err != nil {
+					t.Errorf("next: %s", err)
+				}
+				next <- n
+			}()
+			time.Sleep(3 * ttl)
+			select {
+			case <-next:
+				t.Fatal("a command started while one that lost the lease still ran")
+			default:
+			}
+			Assert(t, errors.Is(m.Check(pull.RepoFullName, pull.Num), commandlease.ErrLeaseLost), "fenced while the lost command runs")
+			l.Release()
+			n := <-next
+			Assert(t, n != nil, "the next command runs once the lost one returns")
+			Ok(t, m.Check(pull.RepoFullName, pull.Num))
+			n.Release()
+		})
 	}
-	l.Release()
-	n := <-next
-	Assert(t, n != nil, "the next command runs once the lost one returns")
-	n.Release()
 }
 
 func TestNewManager_RejectsBadDurations(t *testing.T) {
@@ -291,27 +310,6 @@ func TestManager_AStoreOutOfReachFailsClosedAfterATTL(t *testing.T) {
 	}
 }
 
-// hanging is a store whose renewals hang until their deadline while on is
-// set, as when this replica's connection to Redis stalls.
-type hanging struct {
-	enhanced.CommandLeaseStore
-	on *atomic.Bool
-}
-
-func newHanging() hanging {
-	h := hanging{CommandLeaseStore: backends.NewMemoryCommandLeases(), on: &atomic.Bool{}}
-	h.on.Store(true)
-	return h
-}
-
-func (h hanging) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token string, ttl time.Duration) (bool, error) {
-	if h.on.Load() {
-		<-ctx.Done()
-		return false, ctx.Err()
-	}
-	return h.CommandLeaseStore.RenewCommandLease(ctx, p, token, ttl)
-}
-
 // The fence closes at the lease's local deadline, read on the clock at each
 // check, even while the heartbeat is stuck in a renewal that hangs past it.
 func TestManager_TheFenceClosesAtTheDeadlineWhileRenewalsHang(t *testing.T) {
@@ -333,39 +331,4 @@ func TestManager_TheFenceClosesAtTheDeadlineWhileRenewalsHang(t *testing.T) {
 	case <-time.After(ttl):
 		t.Fatal("the loss was not announced at the deadline")
 	}
-}
-
-// A command granted the lease while a command of this process that lost it
-// still runs waits for that one to return, and the fence stays closed until
-// it has.
-func TestManager_AGrantWaitsForTheLostCommandOfThisReplica(t *testing.T) {
-	store := newHanging()
-	// Long enough that a loaded machine renews the next lease in time.
-	const ttl = time.Second
-	m := newManager(t, store, "r1", ttl, time.Minute)
-	lost, err := m.Acquire(context.Background(), pull, "plan")
-	Ok(t, err)
-	<-lost.Lost()
-	store.on.Store(false)
-	next := make(chan *commandlease.Lease)
-	go func() {
-		n, err := m.Acquire(context.Background(), pull, "apply")
-		if err != nil {
-			t.Errorf("next: %s", err)
-		}
-		next <- n
-	}()
-	// The store grants it once the lost lease expires there, after a TTL.
-	time.Sleep(3 * ttl)
-	select {
-	case <-next:
-		t.Fatal("a command started while one that lost the lease still ran")
-	default:
-	}
-	Assert(t, errors.Is(m.Check(pull.RepoFullName, pull.Num), commandlease.ErrLeaseLost), "fenced while the lost command runs")
-	lost.Release()
-	n := <-next
-	Assert(t, n != nil, "the next command runs once the lost one returns")
-	Ok(t, m.Check(pull.RepoFullName, pull.Num))
-	n.Release()
 }
