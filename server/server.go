@@ -132,6 +132,10 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) (e
 		backend.Close() // nolint: errcheck
 		return err
 	}
+	if err := installCommandFence(s.Server, userConfig, leases.leases, s.Logger); err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
 	s.leases, s.leaseStore = leases.leases, leases.store
 	s.Adapter = enhanced.NewAdapter(legacy, backend.Backend, enhanced.AdapterOptions{
 		BackendName:         s.Config.Backend,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,4 +173,24 @@ func TestCommandCount(t *testing.T) {
 	counts := redistest.CommandCount(t, c)
 	Equals(t, int64(1), counts["set"])
 	Equals(t, int64(2), counts["get"])
+}
+
+func TestProxy_RecordsTheCommandsItForwards(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := redistest.StartProxy(t, srv.Addr)
+	proxy.RecordCommands()
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr})
+	defer client.Close() // nolint: errcheck
+	ctx := context.Background()
+	before := time.Now()
+	Ok(t, client.Set(ctx, "key", "a\r\nvalue", 0).Err())
+	Ok(t, client.Del(ctx, "key").Err())
+	var got [][]string
+	for _, c := range proxy.Commands() {
+		Assert(t, !c.At.Before(before), "%v recorded at %s, before it was sent", c.Args, c.At)
+		if name := strings.ToUpper(c.Args[0]); name == "SET" || name == "DEL" {
+			got = append(got, c.Args)
+		}
+	}
+	Equals(t, [][]string{{"set", "key", "a\r\nvalue"}, {"del", "key"}}, got)
 }
