@@ -65,6 +65,7 @@ type Redis struct {
 	waiterTTL   time.Duration
 	logger      logging.SimpleLogging
 	nonEnhanced *nonEnhancedWrites
+	undecodable *undecodableLocks
 	// noReleaseTimes is RedisOptions.NoReleaseTimes.
 	noReleaseTimes bool
 	// setGetRefused is set once Redis refused SET with both NX and GET
@@ -108,6 +109,7 @@ func NewRedis(client redis.UniversalClient, opts RedisOptions) (*Redis, error) {
 		waiterTTL:      opts.WaiterTTL,
 		logger:         opts.Logger,
 		nonEnhanced:    newNonEnhancedWrites(opts.Logger, opts.Scope),
+		undecodable:    newUndecodableLocks(opts.Logger, opts.Scope),
 		noReleaseTimes: opts.NoReleaseTimes,
 		closed:         make(chan struct{}),
 	}, nil

@@ -51,3 +51,11 @@ const (
 	RedisConnectionsIdle   = "redis_connections_idle"
 	RedisPoolTimeouts      = "redis_pool_timeouts_total"
 )
+
+// Counted by the backends themselves, on the scope the server gives them:
+// they sit below this package and spell these names out.
+const (
+	// LocksUndecodable counts the distinct stored lock values List could not
+	// decode and left out, each logged with its key.
+	LocksUndecodable = "lock_undecodable_total"
+)
