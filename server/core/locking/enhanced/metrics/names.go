@@ -52,8 +52,8 @@ const (
 	RedisPoolTimeouts      = "redis_pool_timeouts_total"
 )
 
-// Counted by the backends themselves, on the scope the server gives them:
-// they sit below this package and spell these names out.
+// Counted below this package, on the scope the server gives it, which spells
+// these names out: legacydb.UndecodableLocks, for both backends.
 const (
 	// LocksUndecodable counts the distinct stored lock values List could not
 	// decode and left out, each logged with its key.

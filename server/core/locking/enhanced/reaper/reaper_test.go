@@ -78,7 +78,7 @@ func newReplica(t *testing.T, srv *redistest.Server) replica {
 	Ok(t, err)
 	legacyDB, err := boltdb.New(t.TempDir())
 	Ok(t, err)
-	legacy, err := legacydb.Guard(legacyDB)
+	legacy, err := legacydb.Guard(legacyDB, legacydb.Options{})
 	Ok(t, err)
 	vcs := vcsmocks.NewMockClient(pegomock.WithT(t))
 	policy := queue.NewPolicy(queue.DefaultRules(), time.Hour, queue.NewNotifier(b, vcs, false, logging.NewNoopLogger(t)))
