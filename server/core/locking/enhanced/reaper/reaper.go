@@ -118,6 +118,9 @@ func New(locks Locks, queues enhanced.QueueBackend, states PullStates, leases Le
 	if opts.CallsPerSecond <= 0 {
 		return nil, fmt.Errorf("the stale-lock reaper rate must be positive, got %g", opts.CallsPerSecond)
 	}
+	if leases.Turn == nil || leases.Pulls == nil {
+		return nil, errors.New("the stale-lock reaper needs the command leases of its turn and of the pull requests")
+	}
 	if opts.CommandWait <= 0 {
 		opts.CommandWait = DefaultCommandWait
 	}

@@ -304,4 +304,6 @@ func TestNew_RejectsBadOptions(t *testing.T) {
 	ErrContains(t, "interval must be positive", err)
 	_, err = reaper.New(nil, nil, nil, reaper.Leases{}, reaper.Options{Interval: time.Hour, CallsPerSecond: 0})
 	ErrContains(t, "rate must be positive", err)
+	_, err = reaper.New(nil, nil, nil, reaper.Leases{}, reaper.Options{Interval: time.Hour, CallsPerSecond: 1})
+	ErrContains(t, "needs the command leases", err)
 }
