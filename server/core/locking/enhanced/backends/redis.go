@@ -16,6 +16,7 @@ import (
 	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
 const defaultWaiterTTL = 15 * time.Second
@@ -65,6 +66,7 @@ type Redis struct {
 	waiterTTL   time.Duration
 	logger      logging.SimpleLogging
 	nonEnhanced *nonEnhancedWrites
+	undecodable *legacydb.UndecodableLocks
 	// noReleaseTimes is RedisOptions.NoReleaseTimes.
 	noReleaseTimes bool
 	// setGetRefused is set once Redis refused SET with both NX and GET
@@ -108,6 +110,7 @@ func NewRedis(client redis.UniversalClient, opts RedisOptions) (*Redis, error) {
 		waiterTTL:      opts.WaiterTTL,
 		logger:         opts.Logger,
 		nonEnhanced:    newNonEnhancedWrites(opts.Logger, opts.Scope),
+		undecodable:    legacydb.NewUndecodableLocks(opts.Logger, opts.Scope),
 		noReleaseTimes: opts.NoReleaseTimes,
 		closed:         make(chan struct{}),
 	}, nil

@@ -111,7 +111,8 @@ type indexedLock struct {
 }
 
 // listIndexed reads every lock of the global index, in key order, and prunes
-// the entries of locks deleted outside our scripts.
+// the entries of locks deleted outside our scripts. A lock whose value cannot
+// be decoded is reported and left out (legacydb.UndecodableLocks), never pruned.
 func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 	shards, err := r.client.SMembers(ctx, r.keys.shards()).Result()
 	if err != nil {
@@ -159,7 +160,8 @@ func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 			}
 			lock, err := r.decodeLock(key, s)
 			if err != nil {
-				return nil, err
+				r.undecodable.Report(key, []byte(s), err)
+				continue
 			}
 			found = append(found, indexedLock{key, lock})
 		}

@@ -102,28 +102,14 @@ func (r *Redis) markNotice(ctx context.Context, n enhanced.QueueNotice, step str
 }
 
 // WatchNotices signals on the returned channel whenever a notice is written
-// by any replica, until ctx is done, so notices are delivered at once rather
-// than at the next poll. Signals may be lost (a reconnect): poll as well.
+// by any replica, and after every (re)subscription so that a notice written
+// while this replica was disconnected is claimed at once too, until ctx is
+// done. A notice is delivered at once rather than at the next poll.
 func (r *Redis) WatchNotices(ctx context.Context) <-chan struct{} {
-	out := make(chan struct{}, 1)
 	sub := r.client.PSubscribe(ctx, globEscape(r.keys.prefix+"outbox")+"*")
 	go func() {
-		defer sub.Close()
-		msgs := sub.Channel()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case _, ok := <-msgs:
-				if !ok {
-					return
-				}
-				select {
-				case out <- struct{}{}:
-				default:
-				}
-			}
-		}
+		<-ctx.Done()
+		_ = sub.Close()
 	}()
-	return out
+	return wakeups(ctx, sub)
 }

@@ -21,7 +21,9 @@ type Planner interface {
 }
 
 // NoticeWatcher is implemented by backends that announce new notices, so
-// they are delivered at once rather than at the next poll.
+// they are delivered at once rather than at the next poll. An announcement
+// made while the watcher is cut off is lost, so a watcher also signals each
+// time it is listening again: the claim that follows finds what it missed.
 type NoticeWatcher interface {
 	WatchNotices(ctx context.Context) <-chan struct{}
 }
