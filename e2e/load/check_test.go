@@ -84,6 +84,21 @@ func delivered(id string, pull int, key string, t int64) []record {
 	}
 }
 
+// pull1Releases is pull 1 holding lock p1, then releasing it at 10 ms.
+var pull1Releases = []record{acquired(1, "p1", 0, 1), released(kindUnlockOwned, 1, "p1", 10, 12, 1)}
+
+// toPull2 is pull 2 queueing for p1 at 5 ms and being handed it at 11 ms.
+var toPull2 = []record{
+	queued(2, "p1", "e2", 5, enhanced.PriorityNormal),
+	handedOver("e2", 2, "p1", 5, 11, enhanced.PriorityNormal),
+}
+
+func left(pull int, key, id string, t int64) record {
+	r := op(kindLeft, pull, key, t, t)
+	r.Entry = id
+	return r
+}
+
 func events(parts ...any) []record {
 	rs := []record{clockSample()}
 	for _, p := range parts {
@@ -168,88 +183,46 @@ func TestCheck(t *testing.T) {
 			name: "a hand-over by an unlock of the lock, delivered once",
 			records: events(
 				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
+				queued(2, "p1", "e2", 5, enhanced.PriorityNormal),
 				released(kindUnlock, 0, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
+				handedOver("e2", 2, "p1", 5, 11, enhanced.PriorityNormal),
 				delivered("e2", 2, "p1", 14),
 			),
 		},
 		{
-			name: "a hand-over while the lock's holder never let go",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-			),
+			name:    "a hand-over while the lock's holder never let go",
+			records: events(acquired(1, "p1", 0, 1), toPull2, delivered("e2", 2, "p1", 14)),
 			want:    verdict{DoubleGrants: 1},
 			problem: "double grant: lock p1 held by pull 1",
 		},
 		{
-			name: "a hand-over past an older entry of the same priority",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(3, "p1", "e3", 2, enhanced.PriorityNormal),
-				queued(2, "p1", "e2", 5, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 5, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-			),
+			name:    "a hand-over past an older entry of the same priority",
+			records: events(pull1Releases, queued(3, "p1", "e3", 2, enhanced.PriorityNormal), toPull2, delivered("e2", 2, "p1", 14)),
 			queued:  []string{"e3"},
 			want:    verdict{OrderViolations: 1},
 			problem: "queue order: lock p1 was handed to pull 2 (normal",
 		},
 		{
-			name: "a hand-over past an older entry of a lower priority",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(3, "p1", "e3", 2, enhanced.PriorityLow),
-				queued(2, "p1", "e2", 5, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 5, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-			),
-			queued: []string{"e3"},
+			name:    "a hand-over past an older entry of a lower priority",
+			records: events(pull1Releases, queued(3, "p1", "e3", 2, enhanced.PriorityLow), toPull2, delivered("e2", 2, "p1", 14)),
+			queued:  []string{"e3"},
 		},
 		{
-			name: "a hand-over past a younger entry of a higher priority",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
-				queued(3, "p1", "e3", 5, enhanced.PriorityHigh),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-			),
+			name:    "a hand-over past a younger entry of a higher priority",
+			records: events(pull1Releases, toPull2, queued(3, "p1", "e3", 7, enhanced.PriorityHigh), delivered("e2", 2, "p1", 14)),
 			queued:  []string{"e3"},
 			want:    verdict{OrderViolations: 1},
 			problem: "while pull 3 (high",
 		},
 		{
 			name: "an older entry whose pull closed before the hand-over was claimed",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(3, "p1", "e3", 2, enhanced.PriorityNormal),
-				queued(2, "p1", "e2", 5, enhanced.PriorityNormal),
-				closed(3, 9, 13),
-				func() record { r := op(kindLeft, 3, "p1", 10, 10); r.Entry = "e3"; return r }(),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 5, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-			),
+			records: events(pull1Releases, queued(3, "p1", "e3", 2, enhanced.PriorityNormal), toPull2, delivered("e2", 2, "p1", 14),
+				closed(3, 9, 13), left(3, "p1", "e3", 10)),
 		},
 		{
 			name: "an older entry whose pull closed after the hand-over was claimed",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(3, "p1", "e3", 2, enhanced.PriorityNormal),
-				queued(2, "p1", "e2", 5, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 5, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-				closed(3, 20, 22),
-				func() record { r := op(kindLeft, 3, "p1", 21, 21); r.Entry = "e3"; return r }(),
-			),
+			records: events(pull1Releases, queued(3, "p1", "e3", 2, enhanced.PriorityNormal), toPull2, delivered("e2", 2, "p1", 14),
+				closed(3, 20, 22), left(3, "p1", "e3", 21)),
 			want: verdict{OrderViolations: 1},
 		},
 		{
@@ -267,64 +240,32 @@ func TestCheck(t *testing.T) {
 			),
 		},
 		{
-			name: "a hand-over commented twice",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-				delivery(kindCommented, "e2", 2, "p1", 20),
-			),
+			name:    "a hand-over commented twice",
+			records: events(pull1Releases, toPull2, delivered("e2", 2, "p1", 14), delivery(kindCommented, "e2", 2, "p1", 20)),
 			want:    verdict{DuplicateHandovers: 1},
 			problem: "commented 2 times",
 		},
 		{
-			name: "a hand-over re-planned twice",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
-				delivered("e2", 2, "p1", 14),
-				op(kindReplanned, 2, "p1", 20, 20),
-			),
+			name:    "a hand-over re-planned twice",
+			records: events(pull1Releases, toPull2, delivered("e2", 2, "p1", 14), op(kindReplanned, 2, "p1", 20, 20)),
 			want:    verdict{DuplicateHandovers: 1},
 			problem: "re-planned lock p1 2 times for 1 hand-over",
 		},
 		{
-			name: "a notice left in the outbox",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
-			),
+			name:        "a notice left in the outbox",
+			records:     events(pull1Releases, toPull2),
 			undelivered: 1,
 			want:        verdict{LostHandovers: 1},
 		},
 		{
-			name: "a notice acknowledged untold although the pull kept the lock",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
-				delivery(kindAck, "e2", 2, "p1", 14),
-			),
+			name:    "a notice acknowledged untold although the pull kept the lock",
+			records: events(pull1Releases, toPull2, delivery(kindAck, "e2", 2, "p1", 14)),
 			want:    verdict{LostHandovers: 1},
 			problem: "acknowledged untold",
 		},
 		{
-			name: "a notice acknowledged untold after the pull closed",
-			records: events(
-				acquired(1, "p1", 0, 1),
-				queued(2, "p1", "e2", 2, enhanced.PriorityNormal),
-				released(kindUnlockOwned, 1, "p1", 10, 12, 1),
-				handedOver("e2", 2, "p1", 2, 11, enhanced.PriorityNormal),
-				closed(2, 12, 13, "p1"),
-				delivery(kindAck, "e2", 2, "p1", 14),
-			),
+			name:    "a notice acknowledged untold after the pull closed",
+			records: events(pull1Releases, toPull2, closed(2, 12, 13, "p1"), delivery(kindAck, "e2", 2, "p1", 14)),
 		},
 		{
 			name: "a release of a lock the pull was never granted",
