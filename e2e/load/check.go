@@ -34,11 +34,13 @@ type verdict struct {
 	LostHandovers      int
 	DuplicateHandovers int
 	Anomalies          int
+	// Errors counts the lock operations that failed.
+	Errors int
 	// Problems describes the violations, one line each.
 	Problems []string
 	// Acquire is how long each plan that got its lock took; Handover is from
-	// each hand-over in Redis to its comment.
-	Acquire, Handover []time.Duration
+	// each hand-over in Redis to its comment, Claimed to its first claim.
+	Acquire, Handover, Claimed []time.Duration
 }
 
 func (v verdict) violations() int {
@@ -204,6 +206,10 @@ func check(in checkInput) verdict {
 	for _, r := range h.ops {
 		if r.Kind != kindReplan {
 			h.v.Ops++
+		}
+		if r.Err != "" {
+			h.v.Errors++
+			h.problem("%s by pull %d on lock %s failed: %s", r.Kind, r.Pull, r.Key, r.Err)
 		}
 		if r.Kind == kindPlan && r.Acquired {
 			h.v.Acquire = append(h.v.Acquire, time.Duration(r.End-r.Start))
@@ -437,6 +443,7 @@ func (h *history) checkDeliveries() {
 		if len(n.comments) > 0 && h.clocked {
 			lo, hi := h.handedAt(c.AtMs)
 			h.v.Handover = append(h.v.Handover, time.Duration(n.comments[0]-(lo+hi)/2))
+			h.v.Claimed = append(h.v.Claimed, time.Duration(n.claimEnd-(lo+hi)/2))
 		}
 		switch {
 		case len(n.acks) == 0:
