@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -99,27 +98,24 @@ func loadSettings(t *testing.T) settings {
 }
 
 func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		t.Fatalf("%s=%q: want a positive duration such as 60s", name, v)
-	}
-	return d
+	return env(t, name, def, "a positive duration such as 60s", time.ParseDuration)
 }
 
 func envInt(t *testing.T, name string, def int) int {
+	return env(t, name, def, "a positive whole number", strconv.Atoi)
+}
+
+// env reads variable name with parse, or gives def when it is unset.
+func env[T int | time.Duration](t *testing.T, name string, def T, want string, parse func(string) (T, error)) T {
 	v := os.Getenv(name)
 	if v == "" {
 		return def
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		t.Fatalf("%s=%q: want a positive whole number", name, v)
+	x, err := parse(v)
+	if err != nil || x <= 0 {
+		t.Fatalf("%s=%q: want %s", name, v, want)
 	}
-	return n
+	return x
 }
 
 // phaseResult is one stack's run.
@@ -203,38 +199,22 @@ func sampleQueues(t *testing.T, backend *backends.Redis, on bool, res *phaseResu
 	if !on {
 		return func() {}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(sampleEvery)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
+	return every(sampleEvery, func(ctx context.Context) bool {
+		queues, err := backend.Queues(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				t.Errorf("sampling the queues: %v", err)
 			}
-			queues, err := backend.Queues(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					t.Errorf("sampling the queues: %v", err)
-				}
-				return
-			}
-			total := 0
-			for _, q := range queues {
-				res.peakDepth = max(res.peakDepth, len(q.Entries))
-				total += len(q.Entries)
-			}
-			res.peakQueued = max(res.peakQueued, total)
+			return false
 		}
-	}()
-	return func() {
-		cancel()
-		wg.Wait()
-	}
+		total := 0
+		for _, q := range queues {
+			res.peakDepth = max(res.peakDepth, len(q.Entries))
+			total += len(q.Entries)
+		}
+		res.peakQueued = max(res.peakQueued, total)
+		return true
+	})
 }
 
 // drain waits until every hand-over notice is acknowledged.

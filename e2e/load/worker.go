@@ -116,21 +116,10 @@ func runWorker(cfg workerConfig, in *bufio.Scanner, out io.Writer) error {
 	}
 
 	rec.sampleClock()
-	ctx, stopClock := context.WithCancel(context.Background())
-	clockDone := make(chan struct{})
-	go func() {
-		defer close(clockDone)
-		tick := time.NewTicker(clockEvery)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				rec.sampleClock()
-			}
-		}
-	}()
+	stopClock := every(clockEvery, func(context.Context) bool {
+		rec.sampleClock()
+		return true
+	})
 	until := monoNow() + cfg.Traffic.Nanoseconds()
 	var wg sync.WaitGroup
 	for g := range cfg.Concurrency {
@@ -146,7 +135,6 @@ func runWorker(cfg workerConfig, in *bufio.Scanner, out io.Writer) error {
 	err = exchange(in, out, lineTrafficDone, lineStop)
 	s.stop()
 	stopClock()
-	<-clockDone
 	rec.sampleClock()
 	logger.summary()
 	err = errors.Join(err, s.close(), rec.close())
@@ -169,6 +157,32 @@ func exchange(in *bufio.Scanner, out io.Writer, said, want string) error {
 		return fmt.Errorf("waiting for %q, the test said %q", want, got)
 	}
 	return nil
+}
+
+// every calls f each interval until it returns false or the returned stop
+// is called, which waits for f to return.
+func every(interval time.Duration, f func(ctx context.Context) bool) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if !f(ctx) {
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // stack is what a worker sends its traffic through.
