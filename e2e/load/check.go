@@ -448,10 +448,12 @@ func (h *history) checkDeliveries() {
 		switch {
 		case len(n.acks) == 0:
 			// Left in the outbox: counted in Undelivered.
-		case len(n.comments) > 0 && n.replans == 0:
+		case n.replans > 0 || h.letGo(n):
+			// Delivered, or the worker had nothing more to deliver.
+		case len(n.comments) > 0:
 			h.v.LostHandovers++
-			h.problem("notice %s (pull %d, lock %s) commented but never re-planned", id, c.Pull, c.Key)
-		case len(n.comments) == 0 && !h.letGo(n):
+			h.problem("notice %s (pull %d, lock %s) commented, then acknowledged without a re-plan while the pull neither released nor asked for the lock", id, c.Pull, c.Key)
+		default:
 			h.v.LostHandovers++
 			h.problem("notice %s (pull %d, lock %s) acknowledged untold while the pull neither released nor asked for the lock", id, c.Pull, c.Key)
 		}

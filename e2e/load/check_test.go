@@ -264,6 +264,18 @@ func TestCheck(t *testing.T) {
 			problem: "acknowledged untold",
 		},
 		{
+			name: "a notice commented, then acknowledged without a re-plan",
+			records: events(pull1Releases, toPull2, delivery(kindCommented, "e2", 2, "p1", 14),
+				delivery(kindAck, "e2", 2, "p1", 15)),
+			want:    verdict{LostHandovers: 1},
+			problem: "acknowledged without a re-plan",
+		},
+		{
+			name: "a notice commented, then acknowledged without a re-plan after the pull closed",
+			records: events(pull1Releases, toPull2, delivery(kindCommented, "e2", 2, "p1", 14),
+				closed(2, 15, 16, "p1"), delivery(kindAck, "e2", 2, "p1", 17)),
+		},
+		{
 			name:    "a notice acknowledged untold after the pull closed",
 			records: events(pull1Releases, toPull2, closed(2, 12, 13, "p1"), delivery(kindAck, "e2", 2, "p1", 14)),
 		},
