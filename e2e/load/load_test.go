@@ -32,11 +32,10 @@ const (
 	projects           = 200
 
 	startTimeout = time.Minute
-	// drainTimeout bounds the wait for the outbox to empty after the
-	// traffic; a notice whose delivery failed is taken over after
-	// noticeLease.
-	drainTimeout = noticeLease + 40*time.Second
-	sampleEvery  = 500 * time.Millisecond
+	// drainSlack bounds the wait for the outbox to empty after the traffic,
+	// beyond the notice lease after which a failed delivery is taken over.
+	drainSlack  = 40 * time.Second
+	sampleEvery = 500 * time.Millisecond
 )
 
 // TestLoad runs random plan / unlock / close traffic from many worker
@@ -64,8 +63,8 @@ func TestLoad(t *testing.T) {
 		v.Ops, float64(v.Ops)/cfg.duration.Seconds(), percentile(v.Acquire, 50), percentile(v.Acquire, 99),
 		percentile(v.Handover, 50), percentile(v.Handover, 99), enh.peakDepth, enh.bytesPerLock, float64(enh.workerRSS)/(1<<20),
 		v.DoubleGrants, v.LostHandovers, v.DuplicateHandovers, v.OrderViolations)
-	fmt.Printf("LOAD-RUN processes=%d concurrency=%d duration=%s pulls=%d projects=%d handovers=%d claimed-p50=%s claimed-p99=%s locks-held=%d peak-queued=%d errors=%d anomalies=%d seed=%d cpus=%d loadavg=%s\n",
-		cfg.processes, cfg.concurrency, cfg.duration, pulls, projects, v.Handovers, percentile(v.Claimed, 50), percentile(v.Claimed, 99),
+	fmt.Printf("LOAD-RUN processes=%d concurrency=%d duration=%s notice-lease=%s pulls=%d projects=%d handovers=%d claimed-p50=%s claimed-p99=%s locks-held=%d peak-queued=%d errors=%d anomalies=%d seed=%d cpus=%d loadavg=%s\n",
+		cfg.processes, cfg.concurrency, cfg.duration, cfg.noticeLease, pulls, projects, v.Handovers, percentile(v.Claimed, 50), percentile(v.Claimed, 99),
 		enh.locks, enh.peakQueued, v.Errors, v.Anomalies, cfg.seed, runtime.NumCPU(), loadAverage())
 	a := anchor.verdict
 	fmt.Printf("LOAD-ANCHOR upstream-redis double-grants=%d ops=%d duration=%s errors=%d\n", a.DoubleGrants, a.Ops, cfg.anchor, a.Errors)
@@ -79,21 +78,24 @@ func TestLoad(t *testing.T) {
 
 type settings struct {
 	duration, anchor       time.Duration
+	noticeLease            time.Duration
 	processes, concurrency int
 	seed                   uint64
 }
 
 // loadSettings reads LOAD_DURATION (default 6s), LOAD_ANCHOR_DURATION
 // (default a third of it), LOAD_PROCESSES (default 8), LOAD_CONCURRENCY
-// (requests in flight per process, default 4) and LOAD_SEED.
+// (requests in flight per process, default 4), LOAD_NOTICE_LEASE (the
+// queue's --enhanced-locking-queue-notice-lease, default 20s) and LOAD_SEED.
 func loadSettings(t *testing.T) settings {
 	s := settings{
 		duration:    envDuration(t, "LOAD_DURATION", 6*time.Second),
+		noticeLease: envDuration(t, "LOAD_NOTICE_LEASE", defaultNoticeLease),
 		processes:   envInt(t, "LOAD_PROCESSES", defaultProcesses),
 		concurrency: envInt(t, "LOAD_CONCURRENCY", defaultConcurrency),
 		seed:        uint64(envInt(t, "LOAD_SEED", int(time.Now().UnixNano()%1_000_000))),
 	}
-	s.anchor = envDuration(t, "LOAD_ANCHOR_DURATION", max(2*time.Second, s.duration/3))
+	s.anchor = envDuration(t, "LOAD_ANCHOR_DURATION", max(2*time.Second, (s.duration/3).Round(time.Second)))
 	return s
 }
 
@@ -139,6 +141,7 @@ func runPhase(t *testing.T, addr string, client *redis.Client, cfg settings, sta
 		procs[i] = startWorker(t, dir, workerConfig{
 			Proc: i + 1, Redis: addr, Stack: stack, History: filepath.Join(dir, fmt.Sprintf("history-%d.jsonl", i+1)),
 			Traffic: duration, Seed: cfg.seed, Concurrency: cfg.concurrency, Pulls: pulls, Projects: projects,
+			NoticeLease: cfg.noticeLease,
 		})
 	}
 	for _, p := range procs {
@@ -158,7 +161,7 @@ func runPhase(t *testing.T, addr string, client *redis.Client, cfg settings, sta
 	}
 	stopSampling()
 	if stack == stackEnhanced {
-		drain(t, client)
+		drain(t, client, cfg.noticeLease+drainSlack)
 		locks, err := backend.List(ctx)
 		Ok(t, err)
 		res.locks = len(locks)
@@ -218,8 +221,8 @@ func sampleQueues(t *testing.T, backend *backends.Redis, on bool, res *phaseResu
 }
 
 // drain waits until every hand-over notice is acknowledged.
-func drain(t *testing.T, client *redis.Client) {
-	deadline := time.Now().Add(drainTimeout)
+func drain(t *testing.T, client *redis.Client, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
 	for outboxLength(t, client) > 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}

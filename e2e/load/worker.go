@@ -51,8 +51,8 @@ const (
 // The queue's settings: entries outlive any run, so none expires, and a
 // notice a delivery failed on is taken over within the drain.
 const (
-	queueTimeout = 24 * time.Hour
-	noticeLease  = 20 * time.Second
+	queueTimeout       = 24 * time.Hour
+	defaultNoticeLease = 20 * time.Second
 )
 
 // clockEvery is how often a worker samples the wall clock against the
@@ -69,6 +69,7 @@ type workerConfig struct {
 	Concurrency int
 	Pulls       int
 	Projects    int
+	NoticeLease time.Duration
 }
 
 // IsWorker says whether this process was started as a load worker.
@@ -97,7 +98,7 @@ func runWorker(cfg workerConfig, in *bufio.Scanner, out io.Writer) error {
 	var s *stack
 	switch cfg.Stack {
 	case stackEnhanced:
-		s, err = enhancedStack(cfg.Redis, rec, logger)
+		s, err = enhancedStack(cfg.Redis, cfg.NoticeLease, rec, logger)
 	case stackUpstream:
 		s, err = upstreamStack(cfg.Redis)
 	default:
@@ -197,7 +198,7 @@ type stack struct {
 
 // enhancedStack builds the enhanced locking of a replica as server.go does,
 // with recorders around the queue's edges (recorders.go).
-func enhancedStack(addr string, rec *recorder, logger logging.SimpleLogging) (*stack, error) {
+func enhancedStack(addr string, noticeLease time.Duration, rec *recorder, logger logging.SimpleLogging) (*stack, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	client, err := redisclient.NewClient(ctx, redisclient.Config{Mode: redisclient.ModeStandalone, Addrs: []string{addr}, PoolSize: 20})
