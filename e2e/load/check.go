@@ -28,7 +28,10 @@ type checkInput struct {
 
 // verdict is what the checker found.
 type verdict struct {
-	Ops, Handovers     int
+	Ops, Handovers int
+	// Grants counts the grant intervals compared; Waiting the entries
+	// certainly queued at a hand-over, whose rank was compared.
+	Grants, Waiting    int
 	DoubleGrants       int
 	OrderViolations    int
 	LostHandovers      int
@@ -280,6 +283,7 @@ func (h *history) checkGrants() {
 	for _, g := range h.grants() {
 		if to := h.until(g); to > g.from {
 			byKey[g.key] = append(byKey[g.key], held{g.pull, g.from, to})
+			h.v.Grants++
 		}
 	}
 	keys := make([]string, 0, len(byKey))
@@ -356,10 +360,11 @@ func (h *history) checkOrder() {
 			if e.Entry == winner.Entry || e.Pull == winner.Pull {
 				continue
 			}
-			if e.EnqueuedMs+1 > winner.AtMs || e.ExpiresMs <= winner.AtMs+1 || !h.ranksAhead(e, winner) {
+			if e.EnqueuedMs+1 > winner.AtMs || e.ExpiresMs <= winner.AtMs+1 || !h.stillQueuedAfter(e, n) {
 				continue
 			}
-			if h.stillQueuedAfter(e, n) {
+			h.v.Waiting++
+			if h.ranksAhead(e, winner) {
 				h.v.OrderViolations++
 				h.problem("queue order: lock %s was handed to pull %d (%s, entered %d ms) by notice %s while pull %d (%s, entered %d ms) waited",
 					winner.Key, winner.Pull, enhanced.Priority(winner.Priority), winner.EnqueuedMs, id, e.Pull, enhanced.Priority(e.Priority), e.EnqueuedMs)
@@ -458,10 +463,20 @@ func (h *history) checkDeliveries() {
 			h.problem("notice %s (pull %d, lock %s) acknowledged untold while the pull neither released nor asked for the lock", id, c.Pull, c.Key)
 		}
 	}
+	for pk, marked := range replanned {
+		switch calls := h.replans[pk]; {
+		case calls > marked:
+			h.v.DuplicateHandovers += calls - marked
+			h.problem("pull %d re-planned lock %s %d times for %d hand-over(s)", pk.pull, pk.key, calls, marked)
+		case calls < marked:
+			h.v.LostHandovers += marked - calls
+			h.problem("pull %d re-planned lock %s %d times for %d hand-over(s) marked re-planned", pk.pull, pk.key, calls, marked)
+		}
+	}
 	for pk, calls := range h.replans {
-		if calls > replanned[pk] {
-			h.v.DuplicateHandovers += calls - replanned[pk]
-			h.problem("pull %d re-planned lock %s %d times for %d hand-over(s)", pk.pull, pk.key, calls, replanned[pk])
+		if replanned[pk] == 0 {
+			h.v.DuplicateHandovers += calls
+			h.problem("pull %d re-planned lock %s %d times with no hand-over marked re-planned", pk.pull, pk.key, calls)
 		}
 	}
 	h.checkHoldingsExplained()

@@ -252,6 +252,19 @@ func TestCheck(t *testing.T) {
 			problem: "re-planned lock p1 2 times for 1 hand-over",
 		},
 		{
+			name: "a hand-over marked re-planned, never re-planned",
+			records: events(pull1Releases, toPull2, delivery(kindCommented, "e2", 2, "p1", 14),
+				delivery(kindMark, "e2", 2, "p1", 15), delivery(kindAck, "e2", 2, "p1", 16)),
+			want:    verdict{LostHandovers: 1},
+			problem: "re-planned lock p1 0 times for 1 hand-over(s) marked re-planned",
+		},
+		{
+			name:    "a re-plan with no hand-over",
+			records: events(acquired(1, "p1", 0, 1), op(kindReplanned, 1, "p1", 20, 20)),
+			want:    verdict{DuplicateHandovers: 1},
+			problem: "with no hand-over marked re-planned",
+		},
+		{
 			name:        "a notice left in the outbox",
 			records:     events(pull1Releases, toPull2),
 			undelivered: 1,

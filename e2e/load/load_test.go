@@ -63,8 +63,8 @@ func TestLoad(t *testing.T) {
 		v.Ops, float64(v.Ops)/cfg.duration.Seconds(), percentile(v.Acquire, 50), percentile(v.Acquire, 99),
 		percentile(v.Handover, 50), percentile(v.Handover, 99), enh.peakDepth, enh.bytesPerLock, float64(enh.workerRSS)/(1<<20),
 		v.DoubleGrants, v.LostHandovers, v.DuplicateHandovers, v.OrderViolations)
-	fmt.Printf("LOAD-RUN processes=%d concurrency=%d duration=%s notice-lease=%s pulls=%d projects=%d handovers=%d claimed-p50=%s claimed-p99=%s locks-held=%d peak-queued=%d errors=%d anomalies=%d seed=%d cpus=%d loadavg=%s\n",
-		cfg.processes, cfg.concurrency, cfg.duration, cfg.noticeLease, pulls, projects, v.Handovers, percentile(v.Claimed, 50), percentile(v.Claimed, 99),
+	fmt.Printf("LOAD-RUN processes=%d concurrency=%d duration=%s notice-lease=%s pulls=%d projects=%d handovers=%d grants-compared=%d waiting-compared=%d claimed-p50=%s claimed-p99=%s locks-held=%d peak-queued=%d errors=%d anomalies=%d seed=%d cpus=%d loadavg=%s\n",
+		cfg.processes, cfg.concurrency, cfg.duration, cfg.noticeLease, pulls, projects, v.Handovers, v.Grants, v.Waiting, percentile(v.Claimed, 50), percentile(v.Claimed, 99),
 		enh.locks, enh.peakQueued, v.Errors, v.Anomalies, cfg.seed, runtime.NumCPU(), loadAverage())
 	a := anchor.verdict
 	fmt.Printf("LOAD-ANCHOR upstream-redis double-grants=%d ops=%d duration=%s errors=%d\n", a.DoubleGrants, a.Ops, cfg.anchor, a.Errors)
