@@ -271,7 +271,11 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	}
 	s := slices.Clone(ds)
 	slices.Sort(s)
-	return s[(len(s)-1)*p/100].Round(10 * time.Microsecond)
+	d := s[(len(s)-1)*p/100]
+	if d > 100*time.Millisecond {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(10 * time.Microsecond)
 }
 
 func loadAverage() string {
