@@ -113,7 +113,8 @@ func runWorker(cfg workerConfig, in *bufio.Scanner, out io.Writer) error {
 		s.start(tr)
 	}
 	if err := exchange(in, out, lineReady, lineStart); err != nil {
-		return err
+		s.stop()
+		return errors.Join(err, s.close(), rec.close())
 	}
 
 	rec.sampleClock()
