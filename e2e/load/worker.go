@@ -211,7 +211,7 @@ func enhancedStack(addr string, noticeLease time.Duration, rec *recorder, logger
 		client.Close() // nolint: errcheck
 		return nil, err
 	}
-	legacy, err := legacydb.Guard(legacyDB)
+	legacy, err := legacydb.Guard(legacyDB, legacydb.Options{Logger: logger})
 	if err != nil {
 		return nil, errors.Join(err, client.Close(), legacyDB.Close())
 	}
