@@ -182,7 +182,10 @@ local function forget_pull_entry(repo, num)
   if not token then
     return
   end
-  if redis.call('HEXISTS', KEYS[8], token) == 1 then
+  -- A field naming another pull's entry (no script of ours wrote it) leaves
+  -- that entry alone.
+  local meta = redis.call('HGET', KEYS[8], token)
+  if meta and string.match(meta, '^[^|]*|[^|]*|(.*)$') == pull then
     forget_entry(token, nil)
   end
   redis.call('HDEL', KEYS[8], 'p:' .. pull)
