@@ -209,7 +209,8 @@ end
 -- waiter, or frees it when none is alive. A waiter whose deadline passed has
 -- crashed or lost Redis, or, for a durable entry, waited its timeout out: it
 -- is dropped here (an expired durable entry with a notice), which is how a
--- dead replica leaves the queue. The lock never goes through a free state
+-- dead replica leaves the queue; so is one nobody could be served through
+-- (entry), without a notice. The lock never goes through a free state
 -- while a live waiter exists, so nobody can take it in between. A durable
 -- entry handed the lock leaves a notice, in this same step, so the hand-over
 -- is announced exactly once whatever happens to this replica next. An entry
