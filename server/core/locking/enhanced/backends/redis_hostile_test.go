@@ -638,7 +638,7 @@ func hostileLockValues(valid string) map[string]string {
 		"truncated":            valid[:len(valid)/2],
 		"trailing garbage":     valid + `x`,
 		"deep nesting":         strings.Repeat(`[`, 2000) + strings.Repeat(`]`, 2000),
-		"huge":                 editJSON(valid, func(m map[string]any) { m["Workspace"] = strings.Repeat("w", 1<<20) }),
+		"huge":                 editJSON(valid, func(m map[string]any) { m["Workspace"] = strings.Repeat("w", 100<<10) }),
 	}
 }
 
