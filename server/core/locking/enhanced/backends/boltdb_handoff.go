@@ -42,8 +42,9 @@ func (b *BoltDB) handoffLocked(key string) (bool, error) {
 }
 
 // durableHeadLocked returns the first unexpired durable entry of a lock,
-// or nil, after removing the expired ones ahead of it with their notices.
-// Without the queue file open there are none. b.mu must be held.
+// or nil, after removing the expired ones ahead of it with their notices and
+// the unreadable ones, which nobody could be served through. Without the
+// queue file open there are none. b.mu must be held.
 func (b *BoltDB) durableHeadLocked(key string) (*storedEntry, error) {
 	if b.qdb == nil {
 		return nil, nil
@@ -51,13 +52,16 @@ func (b *BoltDB) durableHeadLocked(key string) (*storedEntry, error) {
 	now := time.Now()
 	var head *storedEntry
 	var expired []*storedEntry
+	var unreadable [][]byte
 	err := b.qdb.View(func(tx *bolt.Tx) error {
 		prefix := entryPrefix(key)
 		c := tx.Bucket(entriesBucket).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			e, err := decodeEntry(k, v)
 			if err != nil {
-				return err
+				b.logger.Err("dropping %s", err)
+				unreadable = append(unreadable, bytes.Clone(k))
+				continue
 			}
 			if !e.expired(now) {
 				head = e
@@ -67,13 +71,18 @@ func (b *BoltDB) durableHeadLocked(key string) (*storedEntry, error) {
 		}
 		return nil
 	})
-	if err != nil || len(expired) == 0 {
+	if err != nil || len(expired)+len(unreadable) == 0 {
 		return head, err
 	}
 	err = b.qdb.Update(func(tx *bolt.Tx) error {
+		for _, k := range unreadable {
+			if err := tx.Bucket(entriesBucket).Delete(k); err != nil {
+				return err
+			}
+		}
 		return expireEntries(tx, expired, now)
 	})
-	if err == nil {
+	if err == nil && len(expired) > 0 {
 		b.announceLocked()
 	}
 	return head, err

@@ -326,6 +326,9 @@ func (b *BoltDB) Queues(_ context.Context) ([]enhanced.LockQueue, error) {
 			if err != nil {
 				return err
 			}
+			if len(durable) == 0 {
+				continue // a key of no lock's layout (a damaged file): the sweep drops it
+			}
 			lock := durable[0].Lock
 			holder, err := b.legacy.GetLock(lock.Project, lock.Workspace)
 			if err != nil {

@@ -229,12 +229,29 @@ func getEntry(tx *bolt.Tx, key []byte) (*storedEntry, error) {
 	return decodeEntry(key, v)
 }
 
+// decodeEntry reads an entries bucket pair. A key not of the layout above, or
+// a value that is not an entry of the lock its key names (a damaged file,
+// another writer), is corrupt: no release can serve it, and a release skips
+// it (durableHeadLocked) as the sweep drops it (expireLocked).
 func decodeEntry(key, value []byte) (*storedEntry, error) {
+	lockKey := lockKeyOf(key)
+	if len(key) != len(lockKey)+17 {
+		return nil, corruptEntryError(lockKey, fmt.Errorf("an entry key of %d bytes", len(key)))
+	}
 	e := &storedEntry{key: bytes.Clone(key)}
 	if err := json.Unmarshal(value, e); err != nil {
-		return nil, corruptLockError(lockKeyOf(key), fmt.Errorf("queue entry: %w", err))
+		return nil, corruptEntryError(lockKey, err)
+	}
+	if e.Token == "" || e.lockKey() != lockKey {
+		return nil, corruptEntryError(lockKey, fmt.Errorf("entry %q is for lock %q", e.Token, e.lockKey()))
 	}
 	return e, nil
+}
+
+// corruptEntryError reports an entry of the queue file that cannot be read.
+func corruptEntryError(lockKey string, cause error) error {
+	return fmt.Errorf("failed to deserialize queue entry: %w (%v; an entry for lock %q in the lock queue file: "+
+		"the next sweep drops it, and its pull queues again when it plans)", enhanced.ErrCorruptLock, cause, lockKey)
 }
 
 // pullEntry reads the entry of the pull for lockKey, or nil.
@@ -243,7 +260,12 @@ func pullEntry(tx *bolt.Tx, repoFullName string, pullNum int, lockKey string) (*
 	if key == nil {
 		return nil, nil
 	}
-	return getEntry(tx, key)
+	e, err := getEntry(tx, key)
+	if e != nil && (baseRepo(e.Lock) != repoFullName || e.Lock.Pull.Num != pullNum || e.lockKey() != lockKey) {
+		// A damaged index names another pull's entry: this pull has none.
+		return nil, nil
+	}
+	return e, err
 }
 
 func putEntry(tx *bolt.Tx, e *storedEntry) error {

@@ -119,13 +119,13 @@ func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 		return nil, redisError("listing lock index shards", err)
 	}
 	members := make([]*redis.StringSliceCmd, len(shards))
-	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	if cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, shard := range shards {
 			members[i] = p.SMembers(ctx, shard)
 		}
 		return nil
 	}); err != nil {
-		return nil, redisError("reading lock index", err)
+		return nil, redisError("reading lock index", failedKey(cmds, err))
 	}
 
 	// Every key of a shard is in one slot, so one MGET per shard is valid in
@@ -207,8 +207,9 @@ func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum i
 	var locks []models.ProjectLock
 	var queued []any
 	var errs []error
+	known := models.ProjectLock{Project: models.Project{RepoFullName: repoFullName}, Pull: models.PullRequest{Num: pullNum}}
 	for i, cmd := range runAll(ctx, r.client, calls) {
-		lock, err := r.releasedLock(keys[i], cmd)
+		lock, err := r.releasedLock(keys[i], cmd, known)
 		if err != nil {
 			errs = append(errs, err)
 			continue

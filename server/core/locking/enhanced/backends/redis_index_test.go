@@ -77,13 +77,13 @@ func TestRetriedReleaseDoesNotReleaseTheNextHolder(t *testing.T) {
 	k := r.keys.forProject(first.Project, first.Workspace)
 	call := r.releaseCall(k, "", "")
 
-	released, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	released, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0], models.ProjectLock{})
 	Ok(t, err)
 	enhancedtest.EqualLocks(t, first, *released)
 	next := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
 	mustTryLock(t, r, next)
 
-	replayed, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	replayed, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0], models.ProjectLock{})
 	Ok(t, err)
 	enhancedtest.EqualLocks(t, first, *replayed)
 	got, err := r.GetLock(ctx, next.Project, next.Workspace)

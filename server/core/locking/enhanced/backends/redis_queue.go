@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -108,31 +109,36 @@ func (r *Redis) parseEnqueue(k lockKeys, vals []any) (enhanced.EnqueueResult, er
 // synchronous waiter; value may be empty when the caller fills Lock.
 func (r *Redis) parseEntry(k lockKeys, token string, position int, deadline, value, meta string) (enhanced.QueueEntry, error) {
 	e := enhanced.QueueEntry{ID: token, Position: position, Synchronous: meta == ""}
+	corrupt := func(key, what string, args ...any) error {
+		return corruptValueError(key, fmt.Errorf("queue entry %q: "+what, append([]any{token}, args...)...),
+			fmt.Sprintf("drop the entry with redis-cli ZREM on key %q and the entry's id; its pull queues again when it plans", k.queue))
+	}
 	if ms, err := strconv.ParseInt(deadline, 10, 64); err == nil && ms > 0 {
 		e.Expires = time.UnixMilli(ms)
 	}
 	if meta != "" {
 		fields := strings.SplitN(meta, "|", 3)
 		if len(fields) != 3 {
-			return e, corruptLockError(k.entries, fmt.Errorf("queue entry %q: metadata %q", token, meta))
+			return e, corrupt(k.entries, "metadata %q", meta)
 		}
 		prio, err := strconv.Atoi(fields[0])
 		if err != nil {
-			return e, corruptLockError(k.entries, fmt.Errorf("queue entry %q: priority %q", token, fields[0]))
+			return e, corrupt(k.entries, "priority %q", fields[0])
 		}
 		enqueued, err := strconv.ParseInt(fields[1], 10, 64)
 		if err != nil {
-			return e, corruptLockError(k.entries, fmt.Errorf("queue entry %q: time %q", token, fields[1]))
+			return e, corrupt(k.entries, "time %q", fields[1])
 		}
 		e.Priority = enhanced.Priority(prio)
 		e.Enqueued = time.UnixMilli(enqueued)
 	}
 	if value != "" {
-		lock, err := r.decodeLock(k.lock, value)
-		if err != nil {
-			return e, err
+		// Decoded apart from decodeLock: a waiter's value is ours, never a
+		// lock a replica without enhanced locking wrote.
+		if err := json.Unmarshal([]byte(value), &e.Lock); err != nil {
+			return e, corrupt(k.values, "lock value: %v", err)
 		}
-		e.Lock = lock
+		e.Lock.Time = e.Lock.Time.Local()
 	}
 	return e, nil
 }

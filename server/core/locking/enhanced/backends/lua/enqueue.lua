@@ -8,6 +8,7 @@
 -- and nothing was queued (the caller takes it); {-1, current} when the
 -- stored lock is corrupt; else {joined (1 new, 0 already queued), token,
 -- position (1 is the head), metadata, expiry ms, current lock}.
+check_lock_keys()
 local current = redis.call('GET', KEYS[1])
 if not current then
   return {2}

@@ -5,6 +5,7 @@
 -- this waiter or acquisition wrote is its lock.
 -- ARGV: 1 token, 2 the value it wrote, 3 keep, 4 handoff channel
 -- Returns {1, lock held} or {0, current lock or nil}.
+check_lock_keys()
 forget_waiter(ARGV[1])
 local current = redis.call('GET', KEYS[1])
 if current and current == ARGV[2] then

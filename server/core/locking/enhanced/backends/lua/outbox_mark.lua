@@ -3,6 +3,7 @@
 -- KEYS: 1 outbox, 2 notices
 -- ARGV: 1 notice id, 2 claim id, 3 step or '' to acknowledge, 4 lease ms
 -- Returns 1, or 0 when another claim holds the notice or it is gone.
+check_types('zset', 'hash')
 local id = ARGV[1]
 if redis.call('HGET', KEYS[2], 'c:' .. id) ~= ARGV[2] then
   return 0

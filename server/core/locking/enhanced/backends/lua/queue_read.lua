@@ -3,6 +3,7 @@
 --       (position included), or '' for the whole queue
 -- Returns {lock value or false, n, then per waiter: token, position,
 -- deadline ms, lock value, metadata or false}.
+check_lock_keys()
 local current = redis.call('GET', KEYS[1])
 local out = {current or false, 0}
 local function add(token, position)
