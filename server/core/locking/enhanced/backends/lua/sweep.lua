@@ -3,13 +3,17 @@
 -- its queue's head when it is free: a lock deleted outside these scripts
 -- (an upstream replica, an operator) would otherwise leave its queue waiting
 -- for a release that never comes. Drops the lock from the queues index when
--- no durable entry is left.
+-- no durable entry is left, and sets the time before which none expires.
 -- ARGV: 1 handoff channel
 -- Returns {expired, transferred (0 or 1), durable entries left}.
 local now = math.floor(now_us() / 1000)
 local expired = 0
+local earliest = nil
 for _, token in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local deadline = tonumber(redis.call('HGET', KEYS[3], token))
+  if deadline and deadline >= now and redis.call('HEXISTS', KEYS[8], token) == 1 then
+    earliest = math.min(earliest or deadline, deadline)
+  end
   if not deadline or deadline < now then
     local meta = redis.call('HGET', KEYS[8], token)
     if meta then
@@ -31,5 +35,10 @@ end
 local left = redis.call('HLEN', KEYS[8]) / 2
 if left == 0 then
   redis.call('SREM', KEYS[11], KEYS[1])
+end
+if left > 0 and earliest then
+  redis.call('HSET', KEYS[3], bound_field, earliest)
+else
+  redis.call('HDEL', KEYS[3], bound_field)
 end
 return {expired, transferred, left}
