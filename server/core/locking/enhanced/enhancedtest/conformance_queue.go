@@ -464,13 +464,17 @@ func queueCases() []queueCase {
 				mustLock(t, ctx, b, other)
 				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 3), enhanced.PriorityHigh, queueTimeout))
-				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "other", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
+				handed := mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "other", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 				_, err := b.UnlockIfOwnedByPull(ctx, other.Project, other.Workspace, 1)
 				Ok(t, err)
 
 				b = opts.Reopen(t, b)
 				Equals(t, []int{3, 2}, queuedPulls(t, ctx, b, holder))
 				Equals(t, 2, holderPull(t, ctx, b, other))
+				// The lock is still the entry's: its notice re-plans.
+				q, err := b.Queue(ctx, other.Project, other.Workspace)
+				Ok(t, err)
+				Equals(t, handed.Entry.ID, q.HolderID)
 				queues, err := b.Queues(ctx)
 				Ok(t, err)
 				Equals(t, 1, len(queues))
