@@ -190,8 +190,8 @@ func samePull(a, b models.ProjectLock) bool {
 }
 
 // positionLocked is the place in its lock's line of e, which waits: the
-// members of the line ahead of it, plus one. It reads the keys and expiries
-// of the entries ahead, O(position). b.mu must be held.
+// members of the line ahead of it, plus one. It walks the expiries of the
+// entries ahead, which share their keys, O(position). b.mu must be held.
 func (b *BoltDB) positionLocked(tx *bolt.Tx, e *storedEntry, now time.Time) int {
 	position := 1
 	for _, w := range b.localWaiters(e.lockKey()) {
@@ -199,9 +199,9 @@ func (b *BoltDB) positionLocked(tx *bolt.Tx, e *storedEntry, now time.Time) int 
 			position++
 		}
 	}
-	c := tx.Bucket(entriesBucket).Cursor()
-	for k, _ := c.Seek(entryPrefix(e.lockKey())); k != nil && bytes.Compare(k, e.key) < 0; k, _ = c.Next() {
-		if waitsAt(tx, k, now) {
+	c := tx.Bucket(expiriesBucket).Cursor()
+	for k, v := c.Seek(entryPrefix(e.lockKey())); k != nil && bytes.Compare(k, e.key) < 0; k, v = c.Next() {
+		if decodeScore(v) >= now.UnixMicro() {
 			position++
 		}
 	}
