@@ -50,3 +50,28 @@ func TestRedisHandOverToAQueuedPullIsItsWaitersBeforeItWakes(t *testing.T) {
 	Ok(t, err)
 	Equals(t, q.HolderID, again.HolderID)
 }
+
+// A queue's keys go with it: once its entries left and the lock is free,
+// none of the lock's own queue keys is left behind (the bound on their
+// expiries included), so nothing outlives the lock it belongs to.
+func TestRedisQueueKeysGoWithTheQueue(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.Start(t).Client(t)
+	r := newTestRedis(t, client, RedisOptions{})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	for pull := 2; pull <= 3; pull++ {
+		_, err := r.Enqueue(ctx, enhancedtest.QueueRequest(enhancedtest.NewLock("org/repo", "dir", "default", "", pull), enhanced.PriorityNormal, time.Hour))
+		Ok(t, err)
+	}
+	for pull := 1; pull <= 3; pull++ {
+		_, err := r.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, pull)
+		Ok(t, err)
+	}
+	k := r.keys.forProject(holder.Project, holder.Workspace)
+	for _, key := range []string{k.lock, k.queue, k.deadlines, k.values, k.entries} {
+		n, err := client.Exists(ctx, key).Result()
+		Ok(t, err)
+		Equals(t, int64(0), n)
+	}
+}

@@ -304,5 +304,8 @@ local function handoff(channel, released)
     end
   end
   redis.call('DEL', KEYS[1])
+  -- Nobody is left in line: nor is the expiry bound, which would keep the
+  -- deadlines hash of a free lock.
+  redis.call('HDEL', KEYS[3], bound_field)
   return false
 end
