@@ -5,12 +5,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
+
+// heldOnRedis is a backend on a fresh Redis, its client, and pull 1's lock
+// it holds.
+func heldOnRedis(t *testing.T) (*redis.Client, *Redis, models.ProjectLock) {
+	client := redistest.Start(t).Client(t)
+	r := newTestRedis(t, client, RedisOptions{})
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, r, holder)
+	return client, r, holder
+}
 
 // The hand-over to a queued pull whose plan waits is that plan's from the
 // release on, not from when its replica wakes to the announcement: a queue
@@ -19,10 +31,7 @@ import (
 // what the waiting plan runs when it wakes.
 func TestRedisHandOverToAQueuedPullIsItsWaitersBeforeItWakes(t *testing.T) {
 	ctx := context.Background()
-	client := redistest.Start(t).Client(t)
-	r := newTestRedis(t, client, RedisOptions{})
-	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
-	mustTryLock(t, r, holder)
+	client, r, holder := heldOnRedis(t)
 	queued, err := r.Enqueue(ctx, enhancedtest.QueueRequest(enhancedtest.NewLock("org/repo", "dir", "default", "", 2), enhanced.PriorityNormal, time.Hour))
 	Ok(t, err)
 	Assert(t, queued.Queued, "pull 2 not queued")
@@ -56,10 +65,7 @@ func TestRedisHandOverToAQueuedPullIsItsWaitersBeforeItWakes(t *testing.T) {
 // expiries included), so nothing outlives the lock it belongs to.
 func TestRedisQueueKeysGoWithTheQueue(t *testing.T) {
 	ctx := context.Background()
-	client := redistest.Start(t).Client(t)
-	r := newTestRedis(t, client, RedisOptions{})
-	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
-	mustTryLock(t, r, holder)
+	client, r, holder := heldOnRedis(t)
 	for pull := 2; pull <= 3; pull++ {
 		_, err := r.Enqueue(ctx, enhancedtest.QueueRequest(enhancedtest.NewLock("org/repo", "dir", "default", "", pull), enhanced.PriorityNormal, time.Hour))
 		Ok(t, err)
