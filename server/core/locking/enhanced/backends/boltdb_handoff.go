@@ -23,10 +23,11 @@ import (
 // then leaves its queue with its notice by the rule that repairs a crash
 // between the two writes.
 func (b *BoltDB) handoffLocked(key string) (bool, error) {
-	head, err := b.durableHeadLocked(key)
+	err := b.releasedLocked(key)
+	head, herr := b.durableHeadLocked(key)
 	// A queue file that failed still leaves the waiters here to serve.
-	if err != nil {
-		err = fmt.Errorf("reading the queue of lock %q: %w", key, err)
+	if herr != nil {
+		err = errors.Join(err, fmt.Errorf("reading the queue of lock %q: %w", key, herr))
 	}
 	q := b.queues[key]
 	w := q.head()
@@ -103,6 +104,14 @@ func expireEntries(tx *bolt.Tx, expired []*storedEntry, now time.Time) error {
 
 // handToEntryLocked gives the free lock to a durable entry. b.mu must be
 // held.
+//
+// One hand-over serves one request. A waiter of the entry's pull (a queued
+// pull planning again) waits through the entry: it takes the lock the
+// entry is handed, in this same step, as a request of its own, so the
+// entry's notice names a holding that no longer holds the lock and the
+// queue worker does not re-plan what the waiter's plan runs. A crash
+// between the notice and the waiter's record loses the waiter with the
+// process, and the notice, naming the holding, re-plans.
 func (b *BoltDB) handToEntryLocked(key string, e *storedEntry) (bool, error) {
 	acquired, _, err := b.legacy.TryLock(e.Lock)
 	if err != nil {
@@ -116,6 +125,14 @@ func (b *BoltDB) handToEntryLocked(key string, e *storedEntry) (bool, error) {
 	// entry and writes its transferred notice.
 	if _, err := b.settleLocked(e.Lock); err != nil {
 		return true, fmt.Errorf("lock %q handed to pull %d, its queue entry left for the next sweep: %w", key, e.Lock.Pull.Num, err)
+	}
+	q := b.queues[key]
+	if w := q.ofPull(e.Lock); w != nil {
+		q.remove(w)
+		b.dropEmpty(key)
+		w.handed = true
+		w.granted <- e.Lock
+		return true, b.takenByPullLocked(key, e.Lock)
 	}
 	return true, nil
 }

@@ -153,15 +153,20 @@ func (r *Redis) LeaveQueue(ctx context.Context, project models.Project, workspac
 	return n == 1, nil
 }
 
-// LeaveQueues implements enhanced.QueueBackend.
+// LeaveQueues implements enhanced.QueueBackend: every entry of the pull
+// leaves, expired ones too, and those that held a place are returned.
 func (r *Redis) LeaveQueues(ctx context.Context, repoFullName string, pullNum int) ([]enhanced.QueueEntry, error) {
-	entries, err := r.PullEntries(ctx, repoFullName, pullNum)
+	keys, err := r.pullLockKeys(ctx, repoFullName, pullNum)
 	if err != nil {
 		return nil, err
 	}
-	calls := make([]scriptCall, len(entries))
-	for i, e := range entries {
-		calls[i] = scriptCall{leaveQueueScript, r.keys.forProject(e.Lock.Project, e.Lock.Workspace).script(), []any{repoFullName, pullNum}}
+	entries, err := r.pullEntries(ctx, keys, repoFullName, pullNum)
+	if err != nil {
+		return nil, err
+	}
+	calls := make([]scriptCall, len(keys))
+	for i, key := range keys {
+		calls[i] = scriptCall{leaveQueueScript, r.keys.forLockKey(key).script(), []any{repoFullName, pullNum}}
 	}
 	var errs []error
 	for i, cmd := range runAll(ctx, r.client, calls) {
@@ -174,12 +179,28 @@ func (r *Redis) LeaveQueues(ctx context.Context, repoFullName string, pullNum in
 
 // PullEntries implements enhanced.QueueBackend.
 func (r *Redis) PullEntries(ctx context.Context, repoFullName string, pullNum int) ([]enhanced.QueueEntry, error) {
+	keys, err := r.pullLockKeys(ctx, repoFullName, pullNum)
+	if err != nil {
+		return nil, err
+	}
+	return r.pullEntries(ctx, keys, repoFullName, pullNum)
+}
+
+// pullLockKeys reads the pull's index: every lock it may have an entry for,
+// in lock key order.
+func (r *Redis) pullLockKeys(ctx context.Context, repoFullName string, pullNum int) ([]string, error) {
 	index, closing := r.keys.pull(repoFullName, pullNum)
 	keys, err := r.client.SUnion(ctx, index, closing).Result()
 	if err != nil {
 		return nil, redisError(fmt.Sprintf("reading lock index of pull %s#%d", repoFullName, pullNum), err)
 	}
 	sort.Strings(keys)
+	return keys, nil
+}
+
+// pullEntries reads the pull's entries that hold a place among the locks
+// keys.
+func (r *Redis) pullEntries(ctx context.Context, keys []string, repoFullName string, pullNum int) ([]enhanced.QueueEntry, error) {
 	queues, err := r.readQueues(ctx, keys, repoFullName, strconv.Itoa(pullNum))
 	if err != nil {
 		return nil, err
@@ -204,7 +225,7 @@ func (r *Redis) Queue(ctx context.Context, project models.Project, workspace str
 }
 
 // Queues implements enhanced.QueueBackend: the locks in the queues sets, in
-// lock key order, with at least one durable entry.
+// lock key order, with at least one durable entry that holds a place.
 func (r *Redis) Queues(ctx context.Context) ([]enhanced.LockQueue, error) {
 	keys, err := r.queuedLockKeys(ctx)
 	if err != nil {

@@ -126,6 +126,11 @@ func queueCases() []queueCase {
 				Ok(t, rel.release(ctx, b, holder))
 				Equals(t, 2, holderPull(t, ctx, b, holder))
 				Equals(t, []int{3}, queuedPulls(t, ctx, b, holder))
+				// With no plan of pull 2 waiting, the lock is the entry's,
+				// which tells the queue worker to announce it and re-plan.
+				q, err := b.Queue(ctx, holder.Project, holder.Workspace)
+				Ok(t, err)
+				Equals(t, first.Entry.ID, q.HolderID)
 				notices := claimAll(t, ctx, b)
 				Equals(t, 1, len(notices))
 				n := notices[0]
@@ -138,7 +143,7 @@ func queueCases() []queueCase {
 				Equals(t, 0, len(claimAll(t, ctx, b)))
 
 				// The new holder's pull releases it in turn, to the next.
-				_, err := b.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 2)
+				_, err = b.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 2)
 				Ok(t, err)
 				Equals(t, 3, holderPull(t, ctx, b, holder))
 				ackAll(t, ctx, b, claimAll(t, ctx, b))
@@ -149,6 +154,7 @@ func queueCases() []queueCase {
 			},
 		})
 	}
+	cases = append(cases, jointCases()...)
 	return append(cases, []queueCase{
 		{
 			name: "a free lock or the pull's own lock is not queued for",
@@ -287,11 +293,9 @@ func queueCases() []queueCase {
 		{
 			name: "a pull that leaves a queue is never handed the lock",
 			run: func(t *testing.T, ctx context.Context, b QueueingBackend, _ QueueOptions) {
-				holder := NewLock(repo, "dir", "default", "", 1)
-				mustLock(t, ctx, b, holder)
-				other := NewLock(repo, "other", "default", "", 1)
-				mustLock(t, ctx, b, other)
-				for _, l := range []models.ProjectLock{holder, other} {
+				locks := mustHold(t, ctx, b, 1, "dir", "other")
+				holder, other := locks[0], locks[1]
+				for _, l := range locks {
 					mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, l.Project.Path, "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 					mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, l.Project.Path, "default", "", 3), enhanced.PriorityNormal, queueTimeout))
 				}
@@ -460,13 +464,17 @@ func queueCases() []queueCase {
 				mustLock(t, ctx, b, other)
 				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 3), enhanced.PriorityHigh, queueTimeout))
-				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "other", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
+				handed := mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "other", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 				_, err := b.UnlockIfOwnedByPull(ctx, other.Project, other.Workspace, 1)
 				Ok(t, err)
 
 				b = opts.Reopen(t, b)
 				Equals(t, []int{3, 2}, queuedPulls(t, ctx, b, holder))
 				Equals(t, 2, holderPull(t, ctx, b, other))
+				// The lock is still the entry's: its notice re-plans.
+				q, err := b.Queue(ctx, other.Project, other.Workspace)
+				Ok(t, err)
+				Equals(t, handed.Entry.ID, q.HolderID)
 				queues, err := b.Queues(ctx)
 				Ok(t, err)
 				Equals(t, 1, len(queues))

@@ -191,6 +191,87 @@ local function forget_pull_entry(repo, num)
   redis.call('HDEL', KEYS[8], 'p:' .. pull)
 end
 
+-- The line. A member of a lock's queue holds a place in its line unless its
+-- deadline passed (an expired entry, a crashed waiter: the next release or
+-- sweep drops it) or it is a waiter of a pull whose durable entry holds a
+-- place here: a queued pull planning again waits through its entry, whose
+-- hand-over its waiter takes (handoff). Reads list and count places only.
+-- KEYS[3]'s field '!' (tokens are base32, never '!') is, when known, a time
+-- before which no durable entry expires: enqueue lowers it, sweep sets it,
+-- so a queue without waiters is counted without a scan while it lies ahead.
+local bound_field = '!'
+
+local function alive(token, now)
+  local deadline = tonumber(redis.call('HGET', KEYS[3], token))
+  return deadline ~= nil and deadline >= now
+end
+
+-- waiter_pull is the pull of a live waiter (not a durable entry), or nil.
+local function waiter_pull(token, now)
+  if redis.call('HEXISTS', KEYS[8], token) == 1 or not alive(token, now) then
+    return nil
+  end
+  local value = redis.call('HGET', KEYS[4], token)
+  local lock = value and decode(value)
+  return lock and pull_of(lock)
+end
+
+local function has_waiters()
+  return redis.call('ZCARD', KEYS[2]) * 2 ~= redis.call('HLEN', KEYS[8])
+end
+
+local function holds_place(token, now)
+  if redis.call('HEXISTS', KEYS[8], token) == 1 then
+    return alive(token, now)
+  end
+  local pull = waiter_pull(token, now)
+  if not pull then
+    return false
+  end
+  local entry = redis.call('HGET', KEYS[8], 'p:' .. pull)
+  return not (entry and alive(entry, now))
+end
+
+-- every_place says, without a scan, that every member holds a place.
+local function every_place(now)
+  if has_waiters() then
+    return false
+  end
+  if redis.call('HLEN', KEYS[8]) == 0 then
+    return true
+  end
+  local bound = tonumber(redis.call('HGET', KEYS[3], bound_field))
+  return bound ~= nil and bound >= now
+end
+
+-- place is the position of token, which holds a place: 1 for the head.
+local function place(token, now)
+  local rank = redis.call('ZRANK', KEYS[2], token)
+  if rank == 0 or every_place(now) then
+    return rank + 1
+  end
+  local position = 1
+  for _, ahead in ipairs(redis.call('ZRANGE', KEYS[2], 0, rank - 1)) do
+    if holds_place(ahead, now) then
+      position = position + 1
+    end
+  end
+  return position
+end
+
+-- waiter_of is a live waiter of pull, or nil.
+local function waiter_of(pull, now)
+  if not has_waiters() then
+    return nil
+  end
+  for _, token in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if waiter_pull(token, now) == pull then
+      return token
+    end
+  end
+  return nil
+end
+
 -- notify puts the notice of a durable entry e that left its queue, handed the
 -- lock or expired, in the outbox, in the step that made it leave. An entry
 -- leaves once, so kind and token make a unique transfer id.
@@ -246,15 +327,27 @@ local function handoff(channel, released)
     if not e or e.pull and e.pull == releaser then
       -- nobody to serve through it, or its own pull let go: nothing to announce
     elseif e.deadline >= now then
-      hand_to(channel, token, e.value)
+      -- One place, one hand-over: a waiter of the entry's pull takes it as
+      -- its own request, so the lock names the waiter and the notice's
+      -- delivery does not re-plan what the waiter's plan runs.
+      local waiter = e.pull and waiter_of(e.pull, now)
+      if waiter then
+        forget_waiter(waiter)
+        hand_to(channel, waiter, with_token(e.value, waiter))
+      else
+        hand_to(channel, token, e.value)
+      end
       if e.pull then
         notify('transferred', token, e, now)
       end
-      return token
+      return waiter or token
     elseif e.pull then
       notify('expired', token, e, now)
     end
   end
   redis.call('DEL', KEYS[1])
+  -- Nobody is left in line: nor is the expiry bound, which would keep the
+  -- deadlines hash of a free lock.
+  redis.call('HDEL', KEYS[3], bound_field)
   return false
 end

@@ -4,12 +4,13 @@
 -- (an upstream replica, an operator) would otherwise leave its queue waiting
 -- for a release that never comes. Drops the waiters and entries nobody could
 -- be served through (helpers.lua's entry), and the lock from the queues index
--- when no durable entry is left.
+-- when no durable entry is left, and sets the time before which none expires.
 -- ARGV: 1 handoff channel
 -- Returns {expired, transferred (0 or 1), durable entries left}.
 check_lock_keys()
 local now = math.floor(now_us() / 1000)
 local expired = 0
+local earliest = nil
 for _, token in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local e = entry(token)
   if not e then
@@ -20,6 +21,8 @@ for _, token in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
       expired = expired + 1
     end
     forget_entry(token, e.pull)
+  elseif e.pull then
+    earliest = math.min(earliest or e.deadline, e.deadline)
   end
 end
 local transferred = 0
@@ -42,5 +45,10 @@ for i = 1, #fields, 2 do
 end
 if left == 0 then
   redis.call('SREM', KEYS[11], KEYS[1])
+end
+if left > 0 and earliest then
+  redis.call('HSET', KEYS[3], bound_field, earliest)
+else
+  redis.call('HDEL', KEYS[3], bound_field)
 end
 return {expired, transferred, left}
