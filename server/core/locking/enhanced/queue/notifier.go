@@ -48,7 +48,7 @@ type Notifier struct {
 	idle sync.Cond
 	// pending lists the pulls to post, each once (in toPost), oldest
 	// first. Invariant: a pull is taken off before its places are read, so a
-	// pull whose places move after that read is posted again.
+	// move told after that read posts it again.
 	pending []pullToPost
 	toPost  map[pullKey]bool
 	// posting says the poster runs; it stops when pending is empty.
