@@ -63,9 +63,15 @@ type QueueBackend interface {
 	// by an upstream replica or by hand, leaves its queue waiting otherwise).
 	Sweep(ctx context.Context) (SweepResult, error)
 	// ClaimNotices leases up to max notices that nobody holds, for lease. A
-	// notice not acknowledged before its lease ends is claimed again, by any
-	// replica.
+	// notice not renewed, marked or acknowledged before its lease ends is
+	// claimed again, by any replica.
 	ClaimNotices(ctx context.Context, lease time.Duration, max int) ([]QueueNotice, error)
+	// RenewNotice renews the lease of a claimed notice, to lease from now, as
+	// long as no other claim took it (even after the lease ended: nobody else
+	// can deliver it meanwhile). A claim renews a notice right before each
+	// step it cannot undo, such as a comment, so one lease covers one step,
+	// however many notices the claim took. ErrNoticeLost as for MarkNotice.
+	RenewNotice(ctx context.Context, n QueueNotice, lease time.Duration) error
 	// MarkNotice records that a delivery step of a claimed notice is done and
 	// renews the lease, so a later claim skips the step. It fails with
 	// ErrNoticeLost when the claim's lease ended and another claim took it.

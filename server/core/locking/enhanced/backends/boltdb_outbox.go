@@ -193,16 +193,26 @@ func (b *BoltDB) announceLocked() {
 	}
 }
 
+// RenewNotice implements enhanced.QueueBackend.
+func (b *BoltDB) RenewNotice(_ context.Context, n enhanced.QueueNotice, lease time.Duration) error {
+	return b.renewNotice(n, "", lease)
+}
+
 // MarkNotice implements enhanced.QueueBackend.
 func (b *BoltDB) MarkNotice(_ context.Context, n enhanced.QueueNotice, step enhanced.NoticeStep, lease time.Duration) error {
 	if step == "" {
 		return fmt.Errorf("marking queue notice %q: no step given", n.ID)
 	}
+	return b.renewNotice(n, step, lease)
+}
+
+// renewNotice renews n's lease, recording step unless it is empty.
+func (b *BoltDB) renewNotice(n enhanced.QueueNotice, step enhanced.NoticeStep, lease time.Duration) error {
 	return b.updateClaimed(n, func(tx *bolt.Tx, stored *storedNotice) error {
 		if err := tx.Bucket(dueBucket).Delete(dueKey(stored.Due, n.ID)); err != nil {
 			return err
 		}
-		if !slices.Contains(stored.Done, step) {
+		if step != "" && !slices.Contains(stored.Done, step) {
 			stored.Done = append(stored.Done, step)
 		}
 		stored.Due = time.Now().Add(lease).UnixMicro()

@@ -305,6 +305,9 @@ func hostileOps() []hostileOp {
 				return err
 			}
 			for _, n := range notices {
+				if err := r.RenewNotice(ctx, n, time.Minute); err != nil {
+					return err
+				}
 				if err := r.MarkNotice(ctx, n, enhanced.NoticeStep("commented"), time.Minute); err != nil {
 					return err
 				}

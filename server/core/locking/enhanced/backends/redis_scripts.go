@@ -38,6 +38,8 @@ var (
 	outboxClaimLua string
 	//go:embed lua/outbox_mark.lua
 	outboxMarkLua string
+	//go:embed lua/outbox_ack.lua
+	outboxAckLua string
 	//go:embed lua/command_lease_try.lua
 	commandLeaseTryLua string
 	//go:embed lua/command_lease_renew.lua
@@ -61,6 +63,7 @@ var (
 	sweepScript       = lockScript(sweepLua)
 	outboxClaimScript = checkedScript(outboxClaimLua)
 	outboxMarkScript  = checkedScript(outboxMarkLua)
+	outboxAckScript   = checkedScript(outboxAckLua)
 
 	commandLeaseTryScript     = checkedScript(commandLeaseTryLua)
 	commandLeaseRenewScript   = checkedScript(commandLeaseRenewLua)
