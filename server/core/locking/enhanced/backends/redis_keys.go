@@ -233,15 +233,17 @@ func hashTag(key string) string {
 	return key[open+1 : open+1+end]
 }
 
-// globEscape quotes the characters SCAN MATCH treats specially.
+// globEscape quotes the characters SCAN MATCH treats specially. It works on
+// bytes, as Redis does: ranging over runes would turn the bytes of a prefix
+// that is not UTF-8 into U+FFFD, and the pattern would match none of our keys.
 func globEscape(s string) string {
 	var b strings.Builder
-	for _, r := range s {
-		switch r {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
 		case '*', '?', '[', ']', '\\':
 			b.WriteByte('\\')
 		}
-		b.WriteRune(r)
+		b.WriteByte(s[i])
 	}
 	return b.String()
 }
