@@ -22,7 +22,9 @@ import (
 //   - with a valid one, every key a lock's scripts touch is in the lock key's
 //     cluster slot (CLUSTER KEYSLOT of a real cluster), and so are a pull's
 //     index keys and its command lease keys among themselves;
-//   - the slot-wide keys found back from an index shard are the lock's own;
+//   - the slot-wide keys found back from an index shard are the lock's own,
+//     and any other string read back as a shard is refused or is the shard
+//     of its own slot;
 //   - SCAN with the lock pattern finds exactly the lock keys (a real SCAN
 //     over every key of both projects);
 //   - two different lock keys, or two different pulls, share no key, and
@@ -62,14 +64,24 @@ func FuzzKeyspace(f *testing.F) {
 				assertOneSlot(t, ctx, slots, k.pull)
 				assertOneSlot(t, ctx, slots, k.commandLease)
 			}
-			Equals(t, k.lock.outbox, ks.inShardSlot("outbox", k.lock.shard))
-			Equals(t, k.lock.notices, ks.inShardSlot("outbox:notices", k.lock.shard))
-			Equals(t, k.lock.queues, ks.inShardSlot("queues", k.lock.shard))
-			Equals(t, k.lock.releaseTimes, ks.inShardSlot("locks:released", k.lock.shard))
+			tag, ok := ks.shardTag(k.lock.shard)
+			Assert(t, ok, "shard %q of lock %q is not read back as one", k.lock.shard, k.lock.lock)
+			Equals(t, k.lock.outbox, ks.inSlot("outbox", tag))
+			Equals(t, k.lock.notices, ks.inSlot("outbox:notices", tag))
+			Equals(t, k.lock.queues, ks.inSlot("queues", tag))
+			Equals(t, k.lock.releaseTimes, ks.inSlot("locks:released", tag))
 			for _, key := range k.all() {
 				isLock := key == k.lock.lock
 				Assert(t, !strings.HasPrefix(key, upstreamScanPrefix) || (isLock && prefix == ""),
 					"key %q would be read as a lock by upstream's scan of %q*", key, upstreamScanPrefix)
+			}
+		}
+		// Any string may be read back from the shard set: one taken for a
+		// shard is exactly the shard of its slot.
+		for _, stored := range []string{repoB, pathB, prefix + "locks" + projectB} {
+			if tag, ok := ks.shardTag(stored); ok {
+				Equals(t, stored, ks.inSlot("locks", tag))
+				Equals(t, stored, ks.shard(stored))
 			}
 		}
 		Equals(t, sortedSet(keysA.lock.lock, keysB.lock.lock), scanMatches(t, ctx, scan, ks.lockPattern(), append(keysA.all(), keysB.all()...)))
