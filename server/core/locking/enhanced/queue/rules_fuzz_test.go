@@ -77,17 +77,42 @@ func FuzzParseRules(f *testing.F) {
 		Ok(t, err)
 		Equals(t, step, rules.AgingStep())
 
-		match, known := globOracle(field, pattern, name)
-		if !known {
-			return
+		fallbackPriority, _ := enhanced.ParsePriority(fallback)
+		for _, name := range append(instances(pattern), name) {
+			match, known := globOracle(field, pattern, name)
+			if !known {
+				continue
+			}
+			want := fallbackPriority
+			if match {
+				want = enhanced.PriorityCritical
+			}
+			Assert(t, rules.Classify(lockWith(field, name)) == want,
+				"%s: %q matching %q: want match=%v\n--- file ---\n%s", field, pattern, name, match, file)
 		}
-		want, _ := enhanced.ParsePriority(fallback)
-		if match {
-			want = enhanced.PriorityCritical
-		}
-		Assert(t, rules.Classify(lockWith(field, name)) == want,
-			"%s: %q matching %q: want match=%v\n--- file ---\n%s", field, pattern, name, match, file)
 	})
+}
+
+// instances are names a pattern is likely to match, so that the fuzzer
+// need not guess them: each "**" segment dropped or made one or two
+// segments, each "*" empty or one or two letters, each "?" one letter.
+func instances(pattern string) []string {
+	var names []string
+	for _, n := range []int{0, 1, 2} {
+		var segments []string
+		for segment := range strings.SplitSeq(pattern, "/") {
+			if segment == "**" {
+				if n > 0 {
+					segments = append(segments, strings.Repeat("x/", n-1)+"x")
+				}
+				continue
+			}
+			r := strings.NewReplacer("\\*", "*", "\\?", "?", "\\\\", "\\", "*", strings.Repeat("z", n), "?", "q")
+			segments = append(segments, r.Replace(segment))
+		}
+		names = append(names, strings.Join(segments, "/"))
+	}
+	return names
 }
 
 // checkRulesFile parses data twice: same answer, and every error line
