@@ -91,7 +91,7 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 		}
 	}
 	if c.Redis.TLSInsecureSkipVerify && !c.Redis.TLSEnabled {
-		return fmt.Errorf("--%s needs --%s=true", EnhancedLockingRedisTLSInsecureFlag, EnhancedLockingRedisTLSEnabledFlag)
+		return fmt.Errorf("--%s needs --%s=true: add it, or drop --%s", EnhancedLockingRedisTLSInsecureFlag, EnhancedLockingRedisTLSEnabledFlag, EnhancedLockingRedisTLSInsecureFlag)
 	}
 	if c.Features.PriorityRulesFile != "" {
 		if err := readableFile(c.Features.PriorityRulesFile); err != nil {

@@ -26,7 +26,7 @@ func fuzzedConfigKeys() []string {
 }
 
 // fixWords start the part of an error that says what to do.
-var fixWords = []string{"use ", "add ", "set ", "drop ", "give ", "remove ", "choose ", "close ", "e.g."}
+var fixWords = []string{"use ", "must be ", "add ", "set ", "drop ", "give ", "remove ", "choose ", "close ", "e.g."}
 
 // FuzzEnhancedLockingConfig sets two config keys to arbitrary values, as
 // flags (or env vars: both reach viper as strings) or as YAML in a --config
@@ -94,17 +94,13 @@ func FuzzEnhancedLockingConfig(f *testing.F) {
 		}
 		cfg, err := enhancedLockingConfig(v)
 		if asFile {
-			// Either key of the wrong shape is refused, with its name (the
-			// first found is reported).
-			var bad []string
+			// A value of the wrong shape is refused (the error names the
+			// first bad key in flag order, checked below).
 			for _, key := range []string{keyA, keyB} {
 				if shape := notOneValue(v, key); shape != "" {
 					Assert(t, err != nil, "--%s given %s in a config file is accepted", key, shape)
-					bad = append(bad, "--"+key)
 				}
 			}
-			Assert(t, len(bad) == 0 || strings.Contains(err.Error(), bad[0]) || strings.Contains(err.Error(), bad[len(bad)-1]),
-				"the error names no key of the wrong shape (%v): %v", bad, err)
 		}
 		if err != nil {
 			checkConfigError(t, err, keyA, keyB, v)
@@ -155,8 +151,12 @@ func onlyKeys(v *viper.Viper, keys ...string) bool {
 
 // notOneValue describes the value of key in a config file when it is not
 // what a flag could give: a mapping, a list (which only the Redis addresses
-// may be), or a list of lists or mappings. It is "" otherwise.
+// may be), or a list of lists or mappings. It is "" otherwise, and for
+// upstream's keys, which upstream checks.
 func notOneValue(v *viper.Viper, key string) string {
+	if key == upstreamcmd.LockingDBType {
+		return ""
+	}
 	switch value := v.Get(key).(type) {
 	case map[string]any:
 		return "a mapping"
