@@ -23,10 +23,10 @@ import (
 
 // How FuzzDeliveryDeduper signs a request.
 const (
-	signValid   = iota // with testSecret, as the host does
-	signWrong          // with another secret
-	signFuzzed         // the fuzzed signature header as it is
-	signNone           // no signature header
+	signValid  = iota // with testSecret, as the host does
+	signWrong         // with another secret
+	signFuzzed        // the fuzzed signature header as it is
+	signNone          // no signature header
 	signModes
 )
 
