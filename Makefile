@@ -26,6 +26,7 @@ lint:
 test: deps lint
 	$(GO) test -count=1 -timeout 30m $(PKGS)
 	$(GO) test -count=1 -race -timeout 10m ./server/core/locking/enhanced/... ./server/core/redis/ ./server/
+	GO=$(GO) ./scripts/fuzz-short.sh
 
 unit:
 	$(GO) test -count=1 -short $(PKGS)
@@ -38,6 +39,12 @@ e2e: deps build
 bench: deps
 	ATLANTIS_BENCH_SUMMARY=1 $(GO) test -count=1 -timeout 20m -v -run '^TestBenchSummary$$'  ./server/core/locking/enhanced/ | grep -E '^(BENCH|--- FAIL|FAIL|ok)'
 	$(GO) test -count=1 -run '^$$' -bench 'HealthzWhileAWaitIsPending' -benchtime 5000x ./server/
+
+# Every fuzz target for FUZZTIME (10s) each, one line per target (see the
+# script); a failure names the input to commit as a regression seed.
+.PHONY: fuzz-short
+fuzz-short: deps
+	GO=$(GO) ./scripts/fuzz-short.sh
 
 # The offline testdrive: two replicas, Redis, a GitHub stand-in and a story.
 run: deps build
