@@ -26,6 +26,7 @@ lint:
 test: deps lint
 	$(GO) test -count=1 -timeout 30m $(PKGS)
 	$(GO) test -count=1 -race -timeout 10m ./server/core/locking/enhanced/... ./server/core/redis/ ./server/
+	GO=$(GO) ./scripts/fuzz-short.sh
 
 unit:
 	$(GO) test -count=1 -short $(PKGS)
@@ -47,6 +48,12 @@ bench: deps
 LOAD_DURATION ?= 60s
 load: deps
 	LOAD_DURATION=$(LOAD_DURATION) $(GO) test -count=1 -timeout 30m -v -run '^TestLoad$$' ./e2e/load/ | grep -E '^(LOAD|--- |FAIL|ok| {4,})'
+
+# Every fuzz target for FUZZTIME (10s) each, one line per target (see the
+# script); a failure names the input to commit as a regression seed.
+.PHONY: fuzz-short
+fuzz-short: deps
+	GO=$(GO) ./scripts/fuzz-short.sh
 
 # The offline testdrive: two replicas, Redis, a GitHub stand-in and a story.
 run: deps build

@@ -30,7 +30,11 @@ func enhancedLockingConfig(v *viper.Viper) (server.EnhancedLockingConfig, error)
 	}
 	cfg := server.DefaultEnhancedLockingConfig()
 	for _, f := range enhancedFlags {
-		raw := strings.TrimSpace(viperString(v, f.name))
+		raw, err := viperString(v, f)
+		if err != nil {
+			return cfg, fmt.Errorf("invalid --%s in the config file: %w", f.name, err)
+		}
+		raw = strings.TrimSpace(raw)
 		if raw == "" {
 			raw = f.defaultValue()
 		}
@@ -45,17 +49,30 @@ func enhancedLockingConfig(v *viper.Viper) (server.EnhancedLockingConfig, error)
 	return cfg, validateEnhancedLocking(cfg, lockingDBType)
 }
 
-// viperString reads a key that a config file may hold as a YAML list (the
-// Redis addresses) as well as a comma-separated string.
-func viperString(v *viper.Viper, key string) string {
-	if list, ok := v.Get(key).([]any); ok {
-		items := make([]string, 0, len(list))
-		for _, item := range list {
+// viperString reads f's value as the string a flag would give. A config file
+// may hold a list flag (the Redis addresses) as a YAML list of values. Any
+// other list, and any mapping, is refused: viper would read a mapping as ""
+// (the default) and the list of a one-value flag would be joined with commas.
+// The message never shows the value, which may be a secret.
+func viperString(v *viper.Viper, f enhancedFlag) (string, error) {
+	switch value := v.Get(f.name).(type) {
+	case map[string]any:
+		return "", fmt.Errorf("it is a mapping (key: value pairs): give %s", f.valueShape())
+	case []any:
+		if !f.isList {
+			return "", fmt.Errorf("it is a list: give %s", f.valueShape())
+		}
+		items := make([]string, 0, len(value))
+		for _, item := range value {
+			switch item.(type) {
+			case map[string]any, []any:
+				return "", fmt.Errorf("an item of the list is not a single value: give %s", f.valueShape())
+			}
 			items = append(items, fmt.Sprint(item))
 		}
-		return strings.Join(items, ",")
+		return strings.Join(items, ","), nil
 	}
-	return v.GetString(key)
+	return v.GetString(f.name), nil
 }
 
 // validateEnhancedLocking checks what no single flag can: combinations, and
@@ -74,7 +91,7 @@ func validateEnhancedLocking(c server.EnhancedLockingConfig, lockingDBType strin
 		}
 	}
 	if c.Redis.TLSInsecureSkipVerify && !c.Redis.TLSEnabled {
-		return fmt.Errorf("--%s needs --%s=true", EnhancedLockingRedisTLSInsecureFlag, EnhancedLockingRedisTLSEnabledFlag)
+		return fmt.Errorf("--%s needs --%s=true: add it, or drop --%s", EnhancedLockingRedisTLSInsecureFlag, EnhancedLockingRedisTLSEnabledFlag, EnhancedLockingRedisTLSInsecureFlag)
 	}
 	if c.Features.PriorityRulesFile != "" {
 		if err := readableFile(c.Features.PriorityRulesFile); err != nil {

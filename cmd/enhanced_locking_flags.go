@@ -56,9 +56,29 @@ type enhancedFlag struct {
 	name        string
 	description string
 	isBool      bool
-	secret      bool
-	get         func(c server.EnhancedLockingConfig) string
-	set         func(c *server.EnhancedLockingConfig, value string) error
+	// isList flags take several values: comma-separated, or a YAML list in
+	// the config file.
+	isList bool
+	secret bool
+	get    func(c server.EnhancedLockingConfig) string
+	set    func(c *server.EnhancedLockingConfig, value string) error
+}
+
+// valueShape says, for an error about a value of the wrong shape, what to
+// write instead.
+func (f enhancedFlag) valueShape() string {
+	if f.isList {
+		return fmt.Sprintf("a list of values, as in %s: [a, b], or a comma-separated string", f.name)
+	}
+	return fmt.Sprintf("one value, as in %s: %s", f.name, f.defaultValueOr("value"))
+}
+
+// defaultValueOr is the default value, or example where it is empty.
+func (f enhancedFlag) defaultValueOr(example string) string {
+	if d := f.defaultValue(); d != "" {
+		return d
+	}
+	return example
 }
 
 // defaultValue is the value the flag has when the user sets nothing.
@@ -93,6 +113,7 @@ var enhancedFlags = []enhancedFlag{
 		name:        EnhancedLockingRedisAddrsFlag,
 		description: "Comma-separated host:port list: the server (standalone), any cluster nodes (cluster) or the sentinels (sentinel).",
 		get:         func(c server.EnhancedLockingConfig) string { return strings.Join(c.Redis.Addrs, ",") },
+		isList:      true,
 		set:         setRedisAddrs,
 	},
 	{

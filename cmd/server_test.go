@@ -222,6 +222,14 @@ func TestServerCmd_BadInput(t *testing.T) {
 			`invalid --enhanced-locking-redis-db "one": use a whole number`},
 		{"bad kill switch", nil, map[string]string{"DISABLE_ENHANCED_LOCKING": "perhaps"},
 			`invalid DISABLE_ENHANCED_LOCKING "perhaps": use true or false`},
+		// Viper reads a mapping as "", which was the default.
+		{"mapping in the config file", []string{"--config=" + writeFile(t, "map.yaml", "enhanced-locking-redis-db: {db: 2}\n")},
+			nil, `invalid --enhanced-locking-redis-db in the config file: it is a mapping (key: value pairs): give one value, as in enhanced-locking-redis-db: 0`},
+		// A list was joined with commas, whatever the flag.
+		{"list for a one-value key", []string{"--config=" + writeFile(t, "list.yaml", "enhanced-locking-redis-password: [pw1, pw2]\n")},
+			nil, `invalid --enhanced-locking-redis-password in the config file: it is a list: give one value, as in enhanced-locking-redis-password: value`},
+		{"list of lists", []string{"--config=" + writeFile(t, "lists.yaml", "enhanced-locking-redis-addrs: [[a:1]]\n")},
+			nil, `invalid --enhanced-locking-redis-addrs in the config file: an item of the list is not a single value: give a list of values, as in enhanced-locking-redis-addrs: [a, b], or a comma-separated string`},
 	}
 	for _, c := range cases {
 		t.Run(c.description, func(t *testing.T) {

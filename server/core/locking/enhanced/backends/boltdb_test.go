@@ -91,6 +91,11 @@ func TestBoltDBWaiterHandedTheLockAsItIsCancelledPassesItOn(t *testing.T) {
 
 func mustLockBolt(t testing.TB, b *BoltDB, lock models.ProjectLock) {
 	t.Helper()
+	mustLock(t, b, lock)
+}
+
+func mustLock(t testing.TB, b enhanced.Backend, lock models.ProjectLock) {
+	t.Helper()
 	acquired, _, err := b.TryLock(context.Background(), enhancedtest.Request(lock))
 	Ok(t, err)
 	Assert(t, acquired, "lock not acquired")

@@ -76,6 +76,9 @@ type Redis struct {
 	// knownShards are the index shards this process saw registered in the
 	// shard set, which only ever grows: they need no SADD again.
 	knownShards sync.Map
+	// foreignShards are the members of the shard set that are no shard of
+	// ours, each reported once (indexShards).
+	foreignShards sync.Map
 
 	closed    chan struct{}
 	closeOnce sync.Once

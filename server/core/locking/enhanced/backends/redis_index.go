@@ -114,9 +114,9 @@ type indexedLock struct {
 // the entries of locks deleted outside our scripts. A lock whose value cannot
 // be decoded is reported and left out (legacydb.UndecodableLocks), never pruned.
 func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
-	shards, err := r.client.SMembers(ctx, r.keys.shards()).Result()
+	shards, err := r.indexShards(ctx)
 	if err != nil {
-		return nil, redisError("listing lock index shards", err)
+		return nil, err
 	}
 	members := make([]*redis.StringSliceCmd, len(shards))
 	if cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -179,6 +179,26 @@ func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 
 	sort.Slice(found, func(i, j int) bool { return found[i].key < found[j].key })
 	return found, nil
+}
+
+// indexShards reads the shard set, sorted. A member that is not one of our
+// shard keys (an operator's, another version's) names no slot: it is skipped,
+// and reported once, rather than read as a shard or sliced as one.
+func (r *Redis) indexShards(ctx context.Context) ([]string, error) {
+	members, err := r.client.SMembers(ctx, r.keys.shards()).Result()
+	if err != nil {
+		return nil, redisError("listing lock index shards", err)
+	}
+	shards := members[:0]
+	for _, member := range members {
+		if _, ok := r.keys.shardTag(member); ok {
+			shards = append(shards, member)
+		} else if _, reported := r.foreignShards.LoadOrStore(member, true); !reported {
+			r.logger.Warn("ignoring %q in the set %q: it is not a lock index shard of this key prefix; remove it with SREM", member, r.keys.shards())
+		}
+	}
+	sort.Strings(shards)
+	return shards, nil
 }
 
 // UnlockByPull releases every lock pull pullNum of repoFullName holds, each

@@ -140,13 +140,24 @@ func (ks keyspace) slotShared(kind, lockKey string) string {
 	return ks.prefix + kind + "{" + slotTag(keySlot(lockKey)) + "}"
 }
 
-// inShardSlot names the key of kind in the slot of an index shard (as read
-// from the shard set), for the scripts that act on a whole slot.
-func (ks keyspace) inShardSlot(kind, shard string) string {
-	if !ks.cluster {
-		return ks.prefix + kind
+// inSlot names the key of kind in the slot whose index shard has tag (see
+// shardTag), for the scripts that act on a whole slot.
+func (ks keyspace) inSlot(kind, tag string) string {
+	return ks.prefix + kind + tag
+}
+
+// shardTag is what follows prefix+"locks" in an index shard key: the slot's
+// "{tag}" in a cluster, "" without one. Shard keys are read back from the
+// shard set, which anyone can write to; false says shard is none of ours, so
+// it names no slot.
+func (ks keyspace) shardTag(shard string) (string, bool) {
+	tag, ok := strings.CutPrefix(shard, ks.prefix+"locks")
+	if !ok || !ks.cluster {
+		return "", ok && tag == ""
 	}
-	return ks.prefix + kind + shard[len(ks.prefix)+len("locks"):]
+	inner, opened := strings.CutPrefix(tag, "{")
+	inner, closed := strings.CutSuffix(inner, "}")
+	return tag, opened && closed && inner != "" && slotTag(keySlot(inner)) == inner
 }
 
 // pull names a pull's index and the set an UnlockByPull moves it to; both
@@ -233,15 +244,17 @@ func hashTag(key string) string {
 	return key[open+1 : open+1+end]
 }
 
-// globEscape quotes the characters SCAN MATCH treats specially.
+// globEscape quotes the characters SCAN MATCH treats specially. It works on
+// bytes, as Redis does: ranging over runes would turn the bytes of a prefix
+// that is not UTF-8 into U+FFFD, and the pattern would match none of our keys.
 func globEscape(s string) string {
 	var b strings.Builder
-	for _, r := range s {
-		switch r {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
 		case '*', '?', '[', ']', '\\':
 			b.WriteByte('\\')
 		}
-		b.WriteRune(r)
+		b.WriteByte(s[i])
 	}
 	return b.String()
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/runatlantis/atlantis/server/events/command"
 
 	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
 )
 
@@ -50,9 +52,11 @@ func TestRelatedKeysShareTheLockKeySlot(t *testing.T) {
 			index, closing := ks.pull(p.project.RepoFullName, 3)
 			Equals(t, keySlot(index), keySlot(closing))
 			// The scripts over a whole slot find its keys from the shard.
-			Equals(t, k.outbox, ks.inShardSlot("outbox", k.shard))
-			Equals(t, k.notices, ks.inShardSlot("outbox:notices", k.shard))
-			Equals(t, k.queues, ks.inShardSlot("queues", k.shard))
+			tag, ok := ks.shardTag(k.shard)
+			Assert(t, ok, "shard %q of lock %q is not read back as one", k.shard, k.lock)
+			Equals(t, k.outbox, ks.inSlot("outbox", tag))
+			Equals(t, k.notices, ks.inSlot("outbox:notices", tag))
+			Equals(t, k.queues, ks.inSlot("queues", tag))
 		}
 	}
 }
@@ -137,4 +141,31 @@ func TestKeySlotMatchesRedisCluster(t *testing.T) {
 		// A multi-key command across slots fails with CROSSSLOT.
 		Ok(t, client.Exists(ctx, k.script()...).Err())
 	}
+}
+
+// TestForeignShardMembersAreSkipped: the shard set is read back from Redis,
+// where an operator or another version may have added anything. A member
+// that is not one of our shard keys names no slot: every reader skips it,
+// and still finds the locks and queues of the real shards.
+func TestForeignShardMembersAreSkipped(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.StartCluster(t).Client(t)
+	r := newTestRedis(t, client, RedisOptions{})
+	holder := enhancedtest.NewLock(testRepo, "dir", "default", "", 1)
+	mustLock(t, r, holder)
+	_, err := r.Enqueue(ctx, queueReq(enhancedtest.NewLock(testRepo, "dir", "default", "", 2), time.Hour))
+	Ok(t, err)
+	lockKey := r.keys.forProject(holder.Project, holder.Workspace).lock
+	Ok(t, client.SAdd(ctx, r.keys.shards(), "", "x", "locks", "locks{", "locks{}", "locks{a}b", lockKey).Err())
+
+	locks, err := r.List(ctx)
+	Ok(t, err)
+	Equals(t, 1, len(locks))
+	queues, err := r.Queues(ctx)
+	Ok(t, err)
+	Equals(t, 1, len(queues))
+	_, err = r.ClaimNotices(ctx, time.Second, 10)
+	Ok(t, err)
+	_, err = r.Sweep(ctx)
+	Ok(t, err)
 }

@@ -23,17 +23,17 @@ import (
 
 // ClaimNotices implements enhanced.QueueBackend.
 func (r *Redis) ClaimNotices(ctx context.Context, lease time.Duration, max int) ([]enhanced.QueueNotice, error) {
-	shards, err := r.slotShards(ctx)
+	tags, err := r.slotTags(ctx)
 	if err != nil {
 		return nil, err
 	}
 	claim := newToken()
 	var notices []enhanced.QueueNotice
-	for _, shard := range shards {
+	for _, tag := range tags {
 		if len(notices) >= max {
 			break
 		}
-		outbox, notes := r.keys.inShardSlot("outbox", shard), r.keys.inShardSlot("outbox:notices", shard)
+		outbox, notes := r.keys.inSlot("outbox", tag), r.keys.inSlot("outbox:notices", tag)
 		vals, err := outboxClaimScript.Run(ctx, r.client, []string{outbox, notes}, lease.Milliseconds(), max-len(notices), claim).StringSlice()
 		if err != nil {
 			return notices, redisError("claiming queue notices", err)

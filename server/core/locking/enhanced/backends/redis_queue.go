@@ -249,14 +249,14 @@ func (r *Redis) Queues(ctx context.Context) ([]enhanced.LockQueue, error) {
 
 // queuedLockKeys reads every queues set, in lock key order.
 func (r *Redis) queuedLockKeys(ctx context.Context) ([]string, error) {
-	shards, err := r.slotShards(ctx)
+	tags, err := r.slotTags(ctx)
 	if err != nil {
 		return nil, err
 	}
-	members := make([]*redis.StringSliceCmd, len(shards))
+	members := make([]*redis.StringSliceCmd, len(tags))
 	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, shard := range shards {
-			members[i] = p.SMembers(ctx, r.keys.inShardSlot("queues", shard))
+		for i, tag := range tags {
+			members[i] = p.SMembers(ctx, r.keys.inSlot("queues", tag))
 		}
 		return nil
 	}); err != nil {
@@ -270,20 +270,23 @@ func (r *Redis) queuedLockKeys(ctx context.Context) ([]string, error) {
 	return keys, nil
 }
 
-// slotShards returns the index shard of every slot that has had locks (one
-// without a cluster), whose slot-wide keys keyspace.inShardSlot names. A
+// slotTags returns the shard tag of every slot that has had locks (the one
+// "" without a cluster), whose slot-wide keys keyspace.inSlot names. A
 // queue's slot is among them: its lock was held, so indexed, when the queue
 // was joined.
-func (r *Redis) slotShards(ctx context.Context) ([]string, error) {
+func (r *Redis) slotTags(ctx context.Context) ([]string, error) {
 	if !r.keys.cluster {
-		return []string{r.keys.prefix + "locks"}, nil
+		return []string{""}, nil
 	}
-	shards, err := r.client.SMembers(ctx, r.keys.shards()).Result()
+	shards, err := r.indexShards(ctx)
 	if err != nil {
-		return nil, redisError("listing lock index shards", err)
+		return nil, err
 	}
-	sort.Strings(shards)
-	return shards, nil
+	tags := make([]string, len(shards))
+	for i, shard := range shards {
+		tags[i], _ = r.keys.shardTag(shard)
+	}
+	return tags, nil
 }
 
 // readQueues reads the lock and queue of each lock key, each in one

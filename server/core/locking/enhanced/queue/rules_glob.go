@@ -88,27 +88,41 @@ func (g *glob) match(name string) bool {
 	return matchSegments(g.segments, strings.Split(name, "/"))
 }
 
-// matchSegments backtracks only at "**" segments; names and patterns have a
-// handful of segments, so the search stays small.
+// matchSegments is wildcard matching over segments: "**" is the wildcard and
+// every other pattern segment matches exactly one name segment. Names come
+// from pulls (a head branch may have hundreds of segments), so it must not
+// try every way of splitting the name among the "**"s, which is exponential
+// in their number. When a segment fails to match, only the last "**" takes
+// one more name segment: any split an earlier "**" could give, the last one
+// can give too. So it makes at most len(pattern)*len(name) segment matches.
 func matchSegments(pattern, name []string) bool {
-	for len(pattern) > 0 {
-		if pattern[0] == anySegments {
-			rest := pattern[1:]
-			for skip := 0; skip <= len(name); skip++ {
-				if matchSegments(rest, name[skip:]) {
-					return true
-				}
-			}
+	p, n := 0, 0
+	// star is the index of the last "**" met, -1 before any; from is the
+	// name segment where what follows it is being tried.
+	star, from := -1, 0
+	for n < len(name) {
+		switch {
+		case p < len(pattern) && pattern[p] == anySegments:
+			star, from = p, n
+			p++
+		case p < len(pattern) && matchSegment(pattern[p], name[n]):
+			p, n = p+1, n+1
+		case star >= 0:
+			from++
+			p, n = star+1, from
+		default:
 			return false
 		}
-		if len(name) == 0 {
-			return false
-		}
-		// The error is nil by the invariant on glob.
-		if ok, _ := path.Match(pattern[0], name[0]); !ok {
-			return false
-		}
-		pattern, name = pattern[1:], name[1:]
 	}
-	return len(name) == 0
+	for p < len(pattern) && pattern[p] == anySegments {
+		p++
+	}
+	return p == len(pattern)
+}
+
+// matchSegment matches one segment; the error is nil by the invariant on
+// glob.
+func matchSegment(pattern, name string) bool {
+	ok, _ := path.Match(pattern, name)
+	return ok
 }

@@ -533,3 +533,32 @@ func TestClassify_Concurrent(t *testing.T) {
 		t.Error(msg)
 	}
 }
+
+// deepBranch is a head branch of n "a" segments and then last, and
+// manyStars a pattern of stars "**" segments, each followed by "a", then
+// "b": a pull chooses its branch name, the operator the pattern.
+func deepBranch(n int, last string) string { return strings.Repeat("a/", n) + last }
+
+func manyStars(stars int) string { return strings.Repeat("**/a/", stars) + "b" }
+
+// TestClassify_DeepNameAgainstManyDoubleStars: matching a name against a
+// pattern of many "**" must not try every way of splitting the name among
+// them. That is 200^12 tries here: before the fix this test never ended.
+func TestClassify_DeepNameAgainstManyDoubleStars(t *testing.T) {
+	rules := mustParse(t, "rules:\n  - head_branch: \""+manyStars(12)+"\"\n    priority: critical\n")
+	Equals(t, enhanced.PriorityCritical, rules.Classify(onBranch(lockFor("r", ".", "default", ""), deepBranch(200, "b"))))
+	Equals(t, enhanced.PriorityNormal, rules.Classify(onBranch(lockFor("r", ".", "default", ""), deepBranch(200, "c"))))
+	Equals(t, enhanced.PriorityNormal, rules.Classify(onBranch(lockFor("r", ".", "default", ""), deepBranch(11, "b"))))
+}
+
+// BenchmarkClassify_DeepName is Classify of a head branch of 200 segments
+// that no rule matches, against a rule of 12 "**" segments: the worst a pull
+// can make a request's classification cost.
+func BenchmarkClassify_DeepName(b *testing.B) {
+	rules, err := queue.ParseRules([]byte("rules:\n  - head_branch: \""+manyStars(12)+"\"\n    priority: critical\n"), "bench.yaml")
+	Ok(b, err)
+	lock := onBranch(lockFor("r", ".", "default", ""), deepBranch(200, "c"))
+	for b.Loop() {
+		rules.Classify(lock)
+	}
+}
