@@ -77,7 +77,8 @@ type Redis struct {
 	// shard set, which only ever grows: they need no SADD again.
 	knownShards sync.Map
 	// foreignShards are the members of the shard set that are no shard of
-	// ours, each reported once (indexShards).
+	// ours, and the shard members of another slot, each reported once
+	// (indexShards, ownMembers).
 	foreignShards sync.Map
 
 	closed    chan struct{}

@@ -133,8 +133,8 @@ func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 	keys := make([][]string, len(shards))
 	values := make([]*redis.SliceCmd, len(shards))
 	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := range shards {
-			keys[i] = members[i].Val()
+		for i, shard := range shards {
+			keys[i] = r.ownMembers(shard, members[i].Val())
 			if len(keys[i]) > 0 {
 				values[i] = p.MGet(ctx, keys[i]...)
 			}
@@ -179,6 +179,22 @@ func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 
 	sort.Slice(found, func(i, j int) bool { return found[i].key < found[j].key })
 	return found, nil
+}
+
+// ownMembers are the keys of an index shard that belong to its slot. A
+// member of another slot (an operator's SADD, a damaged index) is left out,
+// and reported once: one MGET over the shard would fail with CROSSSLOT, and
+// List with it.
+func (r *Redis) ownMembers(shard string, members []string) []string {
+	own := members[:0]
+	for _, member := range members {
+		if r.keys.shard(member) == shard {
+			own = append(own, member)
+		} else if _, reported := r.foreignShards.LoadOrStore(shard+" "+member, true); !reported {
+			r.logger.Warn("ignoring %q in the lock index %q: it is no lock of that index's slot; remove it with SREM", member, shard)
+		}
+	}
+	return own
 }
 
 // indexShards reads the shard set, sorted. A member that is not one of our

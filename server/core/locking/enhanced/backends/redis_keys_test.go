@@ -169,3 +169,25 @@ func TestForeignShardMembersAreSkipped(t *testing.T) {
 	_, err = r.Sweep(ctx)
 	Ok(t, err)
 }
+
+// An index shard that names a key of another slot (an operator's SADD)
+// leaves that member out, instead of failing the whole List with CROSSSLOT.
+func TestForeignIndexMembersAreSkipped(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.StartCluster(t).Client(t)
+	r := newTestRedis(t, client, RedisOptions{})
+	held := []models.ProjectLock{
+		enhancedtest.NewLock(testRepo, "a", "default", "", 1),
+		enhancedtest.NewLock(testRepo, "b", "default", "", 2),
+	}
+	for _, l := range held {
+		mustLock(t, r, l)
+	}
+	a, b := r.keys.forProject(held[0].Project, "default"), r.keys.forProject(held[1].Project, "default")
+	Assert(t, a.shard != b.shard, "the test needs locks in two slots")
+	Ok(t, client.SAdd(ctx, a.shard, b.lock, "pr/elsewhere/x/default/").Err())
+
+	locks, err := r.List(ctx)
+	Ok(t, err)
+	Equals(t, 2, len(locks))
+}
