@@ -34,7 +34,10 @@ func enhancedLockingConfig(v *viper.Viper) (server.EnhancedLockingConfig, error)
 		if err != nil {
 			return cfg, fmt.Errorf("invalid --%s in the config file: %w", f.name, err)
 		}
-		raw = strings.TrimSpace(raw)
+		// A secret is used as given: a password may end in a space.
+		if !f.secret {
+			raw = strings.TrimSpace(raw)
+		}
 		if raw == "" {
 			raw = f.defaultValue()
 		}

@@ -318,3 +318,11 @@ func writeFile(t *testing.T, name, content string) string {
 	Ok(t, os.WriteFile(path, []byte(content), 0o600))
 	return path
 }
+
+// A secret is used as given: a password with spaces at its ends keeps them,
+// where trimming it would make Redis refuse it for no visible reason.
+func TestServerCmd_SecretsAreNotTrimmed(t *testing.T) {
+	creator, _, err := runServerCmd(t, "--enhanced-locking-redis-password= pass word ")
+	Ok(t, err)
+	Equals(t, " pass word ", creator.enhanced.Redis.Password)
+}
