@@ -11,12 +11,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"testing"
 
-	"github.com/atlantis-enhanced/atlantis/testdrive"
+	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
 )
 
 var (
@@ -36,45 +33,17 @@ func TestMain(m *testing.M) {
 }
 
 func setupAndRun(m *testing.M) int {
-	fail := func(format string, args ...any) int {
-		fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...)
-		return 1
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		return fail("%s", err)
-	}
-	terraformDir, err = testdrive.FindTerraform(wd)
-	if err != nil {
-		return fail("%s", err)
-	}
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		return fail("redis-server not found (install the Debian package redis-server, or run ./scripts/install-deps.sh): %s", err)
-	}
-
 	dir, err := os.MkdirTemp("", "atlantis-e2e-bin-")
 	if err != nil {
-		return fail("%s", err)
+		fmt.Fprintf(os.Stderr, "e2e: %s\n", err)
+		return 1
 	}
 	defer os.RemoveAll(dir) // nolint: errcheck
-	atlantisBin = filepath.Join(dir, "atlantis")
-	build := exec.Command(goTool(), "build", "-o", atlantisBin, "github.com/atlantis-enhanced/atlantis") // nolint: gosec
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fail("building atlantis: %s", err)
+	bins, err := e2ekit.Build(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %s\n", err)
+		return 1
 	}
+	atlantisBin, terraformDir = bins.Atlantis, bins.TerraformDir
 	return m.Run()
-}
-
-// goTool is the go command of the toolchain running the tests.
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
