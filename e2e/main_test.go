@@ -8,8 +8,6 @@
 package e2e
 
 import (
-	"flag"
-	"fmt"
 	"os"
 	"testing"
 
@@ -24,26 +22,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		// Each test skips itself through newHarness.
-		os.Exit(m.Run())
-	}
-	os.Exit(setupAndRun(m))
-}
-
-func setupAndRun(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "atlantis-e2e-bin-")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %s\n", err)
-		return 1
-	}
-	defer os.RemoveAll(dir) // nolint: errcheck
-	bins, err := e2ekit.Build(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %s\n", err)
-		return 1
-	}
-	atlantisBin, terraformDir = bins.Atlantis, bins.TerraformDir
-	return m.Run()
+	os.Exit(e2ekit.Main(m, "e2e", func(b e2ekit.Binaries) {
+		atlantisBin, terraformDir = b.Atlantis, b.TerraformDir
+	}))
 }

@@ -4,11 +4,13 @@
 package e2ekit
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"testing"
 
 	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
@@ -56,4 +58,27 @@ func goTool() string {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// Main is a suite's TestMain: it builds the binaries into a temporary
+// directory, hands them to use and runs the tests, returning the exit code.
+// Under -short it only runs the tests, which skip themselves.
+func Main(m *testing.M, suite string, use func(Binaries)) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "atlantis-"+suite+"-bin-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", suite, err)
+		return 1
+	}
+	defer os.RemoveAll(dir) // nolint: errcheck
+	bins, err := Build(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", suite, err)
+		return 1
+	}
+	use(bins)
+	return m.Run()
 }

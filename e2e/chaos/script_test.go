@@ -1,0 +1,65 @@
+package chaos
+
+import (
+	"time"
+)
+
+// queueScript is a scenario's own queue on scriptDir, beside the traffic:
+// holder holds the lock and queued waits behind it, so that a fault always
+// finds a lock held and a queue waiting.
+type queueScript struct {
+	w              *world
+	holder, queued *actor
+	// since is the comment before queued's refused plan.
+	since int64
+}
+
+// scriptQueue plans holder, then queued, which is refused and queued.
+func (w *world) scriptQueue() *queueScript {
+	w.t.Helper()
+	s := &queueScript{w: w, holder: w.newActor(scriptDir, 0), queued: w.newActor(scriptDir, 1)}
+	if out, _ := s.holder.plan(); out != planned {
+		w.t.Fatalf("%s: the scenario's holder #%d did not plan %s (outcome %d)", w.name, s.holder.pr.Number, scriptDir, out)
+	}
+	out, since := s.queued.plan()
+	if out != lockedOut || !s.queued.awaitQueued(since) {
+		w.t.Fatalf("%s: #%d was not queued behind #%d on %s (outcome %d)", w.name, s.queued.pr.Number, s.holder.pr.Number, scriptDir, out)
+	}
+	s.since = since
+	return s
+}
+
+// finish merges the holder, which hands the lock to the queued pull, and
+// merges that one once it is re-planned.
+func (s *queueScript) finish() {
+	s.holder.release(opMerge)
+	if s.queued.awaitHandOver(s.since) {
+		s.queued.release(opMerge)
+	}
+}
+
+// run lets the traffic go on for d.
+func (w *world) run(d time.Duration) {
+	select {
+	case <-time.After(d):
+	case <-w.ctx.Done():
+	}
+}
+
+// quiesce closes the gate and waits until no actor has had a command in
+// flight for settle: what Redis holds then was written at least settle ago.
+func (w *world) quiesce(tr *traffic, settle time.Duration) {
+	w.t.Helper()
+	w.gate.close()
+	var since time.Time
+	w.waitUntil("the traffic to quiesce", 2*answerTimeout, func() (bool, string) {
+		if !tr.quiet() {
+			since = time.Time{}
+			return false, "commands in flight"
+		}
+		if since.IsZero() {
+			since = time.Now()
+		}
+		return time.Since(since) >= settle, "settling"
+	})
+}
