@@ -202,12 +202,14 @@ func (h *history) check(comments map[int][]vcssim.Comment, botUser string, spans
 // replay counts a lock's double grants and lost grants, as check says.
 func (h *history) replay(v *verdict, dir string, evs []event) {
 	var (
-		told      int
-		toldAt    time.Time
-		toldWhat  string
-		reported  bool
-		lastStep  time.Time
-		finding   = func(format string, args ...any) { v.findings = append(v.findings, dir+": "+fmt.Sprintf(format, args...)) }
+		told     int
+		toldAt   time.Time
+		toldWhat string
+		reported bool
+		lastStep time.Time
+		finding  = func(format string, args ...any) {
+			v.findings = append(v.findings, dir+": "+fmt.Sprintf(format, args...))
+		}
 		clockTime = func(t time.Time) string { return t.Format("15:04:05.000") }
 	)
 	for _, e := range evs {

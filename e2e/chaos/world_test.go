@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 
 	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
@@ -170,20 +168,20 @@ func newWorld(t *testing.T, name string, opts worldOptions) *world {
 func (w *world) startRedis(opts worldOptions) (string, []string) {
 	t := w.t
 	switch opts.store {
-	case sentinel:
+	case sentinel, cluster:
+		// Upstream's pull status needs a standalone server of its own.
+		status := redistest.Start(t).Addr
+		if opts.store == cluster {
+			w.cluster = redistest.StartReplicatedCluster(t)
+			w.locks = w.cluster.Client(t)
+			return status, []string{"--enhanced-locking-redis-mode=cluster", "--enhanced-locking-redis-addrs=" + strings.Join(w.cluster.Addrs, ",")}
+		}
 		w.sentinel = redistest.StartSentinel(t)
 		w.locks = w.sentinel.Client(t)
-		return redistest.Start(t).Addr, []string{
+		return status, []string{
 			"--enhanced-locking-redis-mode=sentinel",
 			"--enhanced-locking-redis-addrs=" + strings.Join(w.sentinel.SentinelAddrs, ","),
 			"--enhanced-locking-redis-sentinel-master=" + w.sentinel.MasterName,
-		}
-	case cluster:
-		w.cluster = redistest.StartReplicatedCluster(t)
-		w.locks = w.cluster.Client(t)
-		return redistest.Start(t).Addr, []string{
-			"--enhanced-locking-redis-mode=cluster",
-			"--enhanced-locking-redis-addrs=" + strings.Join(w.cluster.Addrs, ","),
 		}
 	default:
 		var ropts []redistest.Option
@@ -318,19 +316,7 @@ func isAnswer(body string) bool {
 
 // holder is the pull holding dir's lock by Redis, 0 when it is free.
 func (w *world) holder(ctx context.Context, dir string) (int, error) {
-	key := "pr/" + models.GenerateLockKey(models.NewProject(repoFull, dir, ""), "default")
-	value, err := w.locks.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	var lock models.ProjectLock
-	if err := json.Unmarshal([]byte(value), &lock); err != nil {
-		return 0, fmt.Errorf("lock %s is not upstream's JSON: %w: %s", key, err, value)
-	}
-	return lock.Pull.Num, nil
+	return e2ekit.LockHolder(ctx, w.locks, e2ekit.LockKey(repoFull, dir))
 }
 
 // sample records who holds each lock by Redis, every 50 ms, until the
