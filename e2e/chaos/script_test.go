@@ -29,10 +29,12 @@ func (w *world) scriptQueue() *queueScript {
 	return s
 }
 
-// finish merges the holder, which hands the lock to the queued pull, and
-// merges that one once it is re-planned.
+// finish merges the holder (unless the scenario did), which hands the lock
+// to the queued pull, and merges that one once it is re-planned.
 func (s *queueScript) finish() {
-	s.holder.release(opMerge)
+	if s.holder.pr != nil {
+		s.holder.release(opMerge)
+	}
 	if s.queued.awaitHandOver(s.since) {
 		s.queued.release(opMerge)
 	}

@@ -138,8 +138,10 @@ func newWorld(t *testing.T, name string, opts worldOptions) *world {
 		"--repo-config-json=" + workflow,
 		"--enhanced-locking-priority-queue",
 		"--enhanced-locking-auto-plan",
-		// A replica that dies announcing a hand-over delays it this long.
+		// A replica that dies announcing a hand-over delays it this long,
+		// and one that dies running a command holds its pull back this long.
 		"--enhanced-locking-queue-notice-lease=3s",
+		"--enhanced-locking-command-lease-ttl=10s",
 	}, lockArgs...)
 	replicas := opts.replicas
 	if replicas == 0 {
