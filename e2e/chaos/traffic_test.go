@@ -97,6 +97,8 @@ type actor struct {
 	// turn picks the replica of the next command.
 	turn int
 	pr   *vcssim.PullRequest
+	// answer is the first line of Atlantis's answer to the last plan.
+	answer string
 	// tr is the traffic running the actor, nil for a scenario's own.
 	tr *traffic
 }
@@ -161,6 +163,7 @@ func (a *actor) plan() (outcome planOutcome, since int64) {
 		return notSent, since
 	}
 	answer, ok := w.awaitComment(a.pr, since, r, answerTimeout, isAnswer)
+	a.answer, _, _ = strings.Cut(answer.Body, "\n")
 	switch {
 	case ok && e2ekit.IsPlanned(answer.Body):
 		return planned, since
@@ -277,6 +280,7 @@ func (a *actor) release(kind opKind) {
 			}
 			return
 		}
+		w.t.Logf("%s of #%d on %s not confirmed: sending it again", kind, a.pr.Number, r.Name())
 		a.pause()
 	}
 }
@@ -373,7 +377,7 @@ func (w *world) verdict() {
 	w.t.Helper()
 	w.waitUntil("every lock to be free", 60*time.Second, func() (bool, string) {
 		var held []string
-		for _, dir := range append(append([]string(nil), trafficDirs...), scriptDir) {
+		for _, dir := range allDirs {
 			ctx, cancel := context.WithTimeout(w.ctx, time.Second)
 			n, err := w.holder(ctx, dir)
 			cancel()

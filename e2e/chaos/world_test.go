@@ -36,11 +36,19 @@ const (
 	answerTimeout = 90 * time.Second
 )
 
-// trafficDirs are the projects the background traffic contends for, two
-// pulls each; scriptDir is the one a scenario drives step by step.
-var trafficDirs = []string{"alpha", "beta"}
+// The repo's projects: the background traffic contends for trafficDirs,
+// two pulls each; a scenario drives scriptDir step by step, and plans
+// probeDir, free until then, to see what a new plan gets in the middle of a
+// fault.
+var (
+	allDirs     = []string{"alpha", "beta", scriptDir, probeDir}
+	trafficDirs = allDirs[:2]
+)
 
-const scriptDir = "gamma"
+const (
+	scriptDir = "gamma"
+	probeDir  = "delta"
+)
 
 // lockStore is the Redis topology enhanced locking runs on.
 type lockStore int
@@ -89,8 +97,10 @@ type world struct {
 	// spans is the workflow's record of each command's run; stalls holds
 	// the files that stall one pull's plans (e2ekit.Workflow.Stall).
 	spans, stalls string
-	hist          *history
-	gate          *gate
+	// logPath holds every replica's output.
+	logPath string
+	hist    *history
+	gate    *gate
 
 	mu       sync.Mutex
 	lastPull int
@@ -125,7 +135,7 @@ func newWorld(t *testing.T, name string, opts worldOptions) *world {
 	w.sim = sim
 	t.Cleanup(func() { _ = sim.Close() })
 	files := map[string]string{}
-	for _, d := range append(append([]string(nil), trafficDirs...), scriptDir) {
+	for _, d := range allDirs {
 		maps.Copy(files, vcssim.InDir(d, vcssim.TerraformProject("base")))
 	}
 	w.repo, err = sim.CreateRepo(repoOwner, repoName, files)
@@ -147,6 +157,7 @@ func newWorld(t *testing.T, name string, opts worldOptions) *world {
 	if replicas == 0 {
 		replicas = 2
 	}
+	logs := w.logFile()
 	fleet, err := testdrive.StartFleet(ctx, testdrive.FleetConfig{
 		Binary:       bins.Atlantis,
 		Replicas:     replicas,
@@ -155,6 +166,7 @@ func newWorld(t *testing.T, name string, opts worldOptions) *world {
 		TerraformDir: bins.TerraformDir,
 		Sim:          sim,
 		ExtraArgs:    append(args, opts.args...),
+		Log:          logs,
 	})
 	Ok(t, err)
 	w.fleet = fleet
@@ -194,6 +206,22 @@ func (w *world) startRedis(opts worldOptions) (string, []string) {
 		w.locks = w.redis.Client(t)
 		return w.redis.Addr, nil
 	}
+}
+
+// logFile is where every replica's output goes, whole: in
+// $ATLANTIS_TEST_ARTIFACTS when set (kept), else in the test's temporary
+// directory. Failures print its path and each replica's last lines.
+func (w *world) logFile() *os.File {
+	dir := os.Getenv("ATLANTIS_TEST_ARTIFACTS")
+	if dir == "" {
+		dir = w.t.TempDir()
+	}
+	Ok(w.t, os.MkdirAll(dir, 0o755))
+	w.logPath = filepath.Join(dir, "chaos-"+w.name+".log")
+	f, err := os.Create(w.logPath)
+	Ok(w.t, err)
+	w.t.Cleanup(func() { _ = f.Close() })
+	return f
 }
 
 // live are the replicas running now.
@@ -268,18 +296,16 @@ func (w *world) send(r *testdrive.Replica, pr *vcssim.PullRequest, kind opKind) 
 	target := r.URL + "/events"
 	switch kind {
 	case opMerge:
+		// Merged by an earlier attempt, it is closed again.
 		d, err = w.sim.SendPullRequestClosed(target, pr, true)
-		if err != nil && strings.Contains(err.Error(), "not open") {
-			// Merged by an earlier attempt whose webhook failed: deliver again.
-			d, err = w.sim.SendPullRequestClosed(target, pr, false)
-		}
 	default:
 		d, err = w.sim.SendComment(target, pr, author, string(kind))
 	}
 	ok := err == nil && d.Status == http.StatusOK
 	w.hist.op(op{at: at, pull: pr.Number, kind: kind, replica: r.Name(), ok: ok})
-	if !ok {
-		w.t.Logf("%s on #%d to %s: answered %d %s (%v)", kind, pr.Number, r.Name(), d.Status, strings.TrimSpace(d.ResponseBody), err)
+	if took := time.Since(at); !ok || took > 5*time.Second {
+		w.t.Logf("%s on #%d to %s at %s: answered %d after %s: %s (%v)", kind, pr.Number, r.Name(), at.Format("15:04:05.000"),
+			d.Status, took.Round(time.Millisecond), strings.TrimSpace(d.ResponseBody), err)
 	}
 	return since, ok
 }
@@ -324,9 +350,8 @@ func (w *world) holder(ctx context.Context, dir string) (int, error) {
 // sample records who holds each lock by Redis, every 50 ms, until the
 // scenario ends; a read that fails records the lock as unknown.
 func (w *world) sample() {
-	dirs := append(append([]string(nil), trafficDirs...), scriptDir)
 	for w.ctx.Err() == nil {
-		for _, dir := range dirs {
+		for _, dir := range allDirs {
 			from := time.Now()
 			ctx, cancel := context.WithTimeout(w.ctx, 250*time.Millisecond)
 			n, err := w.holder(ctx, dir)
@@ -422,6 +447,7 @@ func (w *world) dumpOnFailure() {
 			fmt.Fprintf(&b, "%s %s: %.200s\n", c.CreatedAt.Format("15:04:05.000"), c.Author, first)
 		}
 	}
+	fmt.Fprintf(&b, "\nevery replica's output: %s\n", w.logPath)
 	for _, r := range w.fleet.Replicas {
 		out := r.Output()
 		if len(out) > 16<<10 {
