@@ -1,0 +1,95 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	. "github.com/runatlantis/atlantis/testing"
+
+	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
+	"github.com/atlantis-enhanced/atlantis/testing/redistest"
+)
+
+// failoverTimeout bounds the promotion of a replica after its master died:
+// the sentinel's down-after is 1 s, the cluster's node timeout 2 s.
+const failoverTimeout = 30 * time.Second
+
+// TestSentinelFailover: under traffic, with a lock held and a pull queued,
+// the master is SIGKILLed; the sentinel promotes its replica, and the old
+// master comes back empty and is made a replica of the new one. Every lock
+// write the replicas were told succeeded survives the failover.
+func TestSentinelFailover(t *testing.T) {
+	w := newWorld(t, "sentinel-failover", worldOptions{store: sentinel})
+	tr := w.startTraffic()
+	script := w.scriptQueue()
+	w.run(6 * time.Second)
+
+	old := w.sentinel.Master
+	old.Kill()
+	t.Logf("%s: master %s killed", w.name, old.Addr)
+	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinel.SentinelAddrs[0]})
+	defer sc.Close() // nolint: errcheck
+	w.waitUntil("the sentinel to promote the replica", failoverTimeout, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(w.ctx, time.Second)
+		defer cancel()
+		addr, err := sc.GetMasterAddrByName(ctx, w.sentinel.MasterName).Result()
+		now := strings.Join(addr, ":")
+		return err == nil && now != old.Addr, fmt.Sprintf("master %s (%v)", now, err)
+	})
+	old.Restart()
+	t.Logf("%s: the replica was promoted; %s is back, empty, to become its replica", w.name, old.Addr)
+
+	w.run(8 * time.Second)
+	script.finish()
+	tr.stopTraffic()
+	w.verdict()
+}
+
+// TestClusterFailover: as TestSentinelFailover on a Redis Cluster of three
+// masters with a replica each: the master of the slot holding the
+// scenario's lock and queue is SIGKILLed, its replica promoted, and the old
+// master rejoins as a replica.
+func TestClusterFailover(t *testing.T) {
+	w := newWorld(t, "cluster-failover", worldOptions{store: cluster})
+	tr := w.startTraffic()
+	script := w.scriptQueue()
+	w.run(6 * time.Second)
+
+	cc := w.locks.(*redis.ClusterClient)
+	key := e2ekit.LockKey(repoFull, scriptDir)
+	old := w.masterOf(cc, key)
+	old.Kill()
+	t.Logf("%s: master %s of %s killed", w.name, old.Addr, key)
+	w.waitUntil("the cluster to promote the replica", failoverTimeout, func() (bool, string) {
+		cc.ReloadState(w.ctx)
+		ctx, cancel := context.WithTimeout(w.ctx, time.Second)
+		defer cancel()
+		master, err := cc.MasterForKey(ctx, key)
+		if err != nil {
+			return false, err.Error()
+		}
+		err = master.Ping(ctx).Err()
+		return err == nil && master.Options().Addr != old.Addr, fmt.Sprintf("master %s (%v)", master.Options().Addr, err)
+	})
+	old.Restart()
+	t.Logf("%s: the replica was promoted; %s is back as its replica", w.name, old.Addr)
+
+	w.run(8 * time.Second)
+	script.finish()
+	tr.stopTraffic()
+	w.verdict()
+}
+
+// masterOf is the process serving key's slot as master.
+func (w *world) masterOf(cc *redis.ClusterClient, key string) *redistest.Server {
+	w.t.Helper()
+	master, err := cc.MasterForKey(w.ctx, key)
+	Ok(w.t, err)
+	node := w.cluster.Node(master.Options().Addr)
+	Assert(w.t, node != nil, "no process of the cluster listens on %s", master.Options().Addr)
+	return node
+}
