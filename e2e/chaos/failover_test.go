@@ -18,15 +18,19 @@ import (
 // the sentinel's down-after is 1 s, the cluster's node timeout 2 s.
 const failoverTimeout = 30 * time.Second
 
+// waitReplicas is how an operator with a replica per master runs the
+// replicas: every write waits for it (see TestFailoverLosesAcknowledgedLocks
+// for what a failover loses without).
+var waitReplicas = []string{"--enhanced-locking-redis-wait-replicas=1"}
+
 // TestSentinelFailover: under traffic, with a lock held and a pull queued,
 // the master is SIGKILLed; the sentinel promotes its replica, and the old
-// master comes back empty and is made a replica of the new one. Every lock
-// write the replicas were told succeeded survives the failover.
+// master comes back empty and is made a replica of the new one. Writes fail
+// closed until it does (the new master has no replica to acknowledge them),
+// and every lock write the replicas were told succeeded survives.
 func TestSentinelFailover(t *testing.T) {
-	w := newWorld(t, "sentinel-failover", worldOptions{store: sentinel})
-	tr := w.startTraffic()
-	script := w.scriptQueue()
-	w.run(6 * time.Second)
+	w := newWorld(t, "sentinel-failover", worldOptions{store: sentinel, args: waitReplicas})
+	tr, script := w.startScenario()
 
 	old := w.sentinel.Master
 	old.Kill()
@@ -43,10 +47,7 @@ func TestSentinelFailover(t *testing.T) {
 	old.Restart()
 	t.Logf("%s: the replica was promoted; %s is back, empty, to become its replica", w.name, old.Addr)
 
-	w.run(8 * time.Second)
-	script.finish()
-	tr.stopTraffic()
-	w.verdict()
+	w.endScenario(tr, script)
 }
 
 // TestClusterFailover: as TestSentinelFailover on a Redis Cluster of three
@@ -54,10 +55,8 @@ func TestSentinelFailover(t *testing.T) {
 // scenario's lock and queue is SIGKILLed, its replica promoted, and the old
 // master rejoins as a replica.
 func TestClusterFailover(t *testing.T) {
-	w := newWorld(t, "cluster-failover", worldOptions{store: cluster})
-	tr := w.startTraffic()
-	script := w.scriptQueue()
-	w.run(6 * time.Second)
+	w := newWorld(t, "cluster-failover", worldOptions{store: cluster, args: waitReplicas})
+	tr, script := w.startScenario()
 
 	cc := w.locks.(*redis.ClusterClient)
 	key := e2ekit.LockKey(repoFull, scriptDir)
@@ -78,10 +77,7 @@ func TestClusterFailover(t *testing.T) {
 	old.Restart()
 	t.Logf("%s: the replica was promoted; %s is back as its replica", w.name, old.Addr)
 
-	w.run(8 * time.Second)
-	script.finish()
-	tr.stopTraffic()
-	w.verdict()
+	w.endScenario(tr, script)
 }
 
 // masterOf is the process serving key's slot as master.

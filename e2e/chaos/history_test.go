@@ -100,8 +100,8 @@ func (h *history) queued(pull int, since int64) {
 	h.queuings = append(h.queuings, queuing{pull: pull, since: since, at: time.Now()})
 }
 
-// note records something the traffic saw go wrong that check does not
-// count, for the failure message.
+// note records something the traffic saw go wrong that is no fault by
+// itself (a re-plan refused while Redis was away), for the log.
 func (h *history) note(format string, args ...any) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -112,6 +112,8 @@ func (h *history) note(format string, args ...any) {
 type verdict struct {
 	operations, doubleGrants, lost, overlaps int
 	findings                                 []string
+	// notes are what the traffic saw that is no fault by itself.
+	notes []string
 	// What the traffic amounted to, for the log: ops Atlantis did not
 	// answer 200, grants told, pulls queued, hand-overs announced.
 	refused, grants, queued, handOvers int
@@ -160,7 +162,7 @@ type event struct {
 func (h *history) check(comments map[int][]vcssim.Comment, botUser string, spans []e2ekit.Span, deaths map[int]time.Time, end time.Time) verdict {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	v := verdict{operations: len(h.ops), findings: append([]string(nil), h.notes...), queued: len(h.queuings)}
+	v := verdict{operations: len(h.ops), notes: append([]string(nil), h.notes...), queued: len(h.queuings)}
 
 	byDir := map[string][]event{}
 	for _, o := range h.ops {

@@ -24,9 +24,7 @@ func TestRedisKilledAOFEverysec(t *testing.T) {
 
 func redisKilledMidQueue(t *testing.T, name, fsync string) {
 	w := newWorld(t, name, worldOptions{fsync: fsync})
-	tr := w.startTraffic()
-	script := w.scriptQueue()
-	w.run(8 * time.Second)
+	tr, script := w.startScenario()
 	if fsync != "always" {
 		w.quiesce(tr, 3*time.Second)
 	}
@@ -35,8 +33,5 @@ func redisKilledMidQueue(t *testing.T, name, fsync string) {
 	time.Sleep(time.Second)
 	w.redis.Restart()
 	w.gate.reopen()
-	w.run(8 * time.Second)
-	script.finish()
-	tr.stopTraffic()
-	w.verdict()
+	w.endScenario(tr, script)
 }

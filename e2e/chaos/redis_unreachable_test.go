@@ -37,9 +37,7 @@ func TestRedisUnreachableBoltDBFallback(t *testing.T) {
 // planned.
 func redisUnreachable(t *testing.T, name string, opts worldOptions, fallback bool) {
 	w := newWorld(t, name, opts)
-	tr := w.startTraffic()
-	script := w.scriptQueue()
-	w.run(6 * time.Second)
+	tr, script := w.startScenario()
 	Ok(t, w.redis.Pause())
 	paused := time.Now()
 	t.Logf("%s: redis-server paused for %s", name, unreachableFor)
@@ -61,8 +59,5 @@ func redisUnreachable(t *testing.T, name string, opts worldOptions, fallback boo
 			"the fallback covers locks only)", name, probe.pr.Number, probeDir, probe.answer)
 	}
 	probe.release(opMerge)
-	w.run(8 * time.Second)
-	script.finish()
-	tr.stopTraffic()
-	w.verdict()
+	w.endScenario(tr, script)
 }

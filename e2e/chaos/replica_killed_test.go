@@ -19,11 +19,10 @@ import (
 // overlaps and no lock is granted twice.
 func TestReplicaKilledMidPlan(t *testing.T) {
 	w := newWorld(t, "replica-killed-mid-plan", worldOptions{})
-	tr := w.startTraffic()
-	w.run(5 * time.Second)
+	tr, script := w.startScenario()
 
 	victim := w.live()[0]
-	a := w.newActor(scriptDir, 0)
+	a := w.newActor(probeDir, 0)
 	w.stall(a.pr)
 	if _, ok := w.send(victim, a.pr, opPlan); !ok {
 		t.Fatalf("%s: %s did not take the plan of #%d", w.name, victim.Name(), a.pr.Number)
@@ -37,7 +36,7 @@ func TestReplicaKilledMidPlan(t *testing.T) {
 		for _, s := range spans {
 			running = running || (s.Pull == a.pr.Number && s.PID == victim.PID() && s.End.IsZero())
 		}
-		holder, err := w.holder(w.ctx, scriptDir)
+		holder, err := w.holder(w.ctx, probeDir)
 		return running && holder == a.pr.Number, fmt.Sprintf("running %v, holder #%d (%v)", running, holder, err)
 	})
 	w.kill(victim)
@@ -45,15 +44,12 @@ func TestReplicaKilledMidPlan(t *testing.T) {
 	w.restart(victim.Name() + "-again")
 
 	time.Sleep(250 * time.Millisecond)
-	holder, err := w.holder(w.ctx, scriptDir)
+	holder, err := w.holder(w.ctx, probeDir)
 	Ok(t, err)
 	Assert(t, holder == a.pr.Number, "%s: #%d lost its lock when its replica died: Redis shows #%d", w.name, a.pr.Number, holder)
 	a.release(opUnlock)
 	a.release(opMerge)
-
-	w.run(5 * time.Second)
-	tr.stopTraffic()
-	w.verdict()
+	w.endScenario(tr, script)
 }
 
 // TestReplicaKilledMidHandOver: under traffic, a merge on one replica hands
@@ -64,9 +60,7 @@ func TestReplicaKilledMidPlan(t *testing.T) {
 // queued pull is handed the lock and re-planned exactly once.
 func TestReplicaKilledMidHandOver(t *testing.T) {
 	w := newWorld(t, "replica-killed-mid-handover", worldOptions{})
-	tr := w.startTraffic()
-	script := w.scriptQueue()
-	w.run(5 * time.Second)
+	tr, script := w.startScenario()
 
 	live := w.live()
 	victim, survivor := live[0], live[1]
@@ -97,9 +91,7 @@ func TestReplicaKilledMidHandOver(t *testing.T) {
 	resumed = true
 	w.restart(victim.Name() + "-again")
 
+	// Merged above: finish hands over to the queued pull only.
 	script.holder.pr = nil
-	script.finish()
-	w.run(5 * time.Second)
-	tr.stopTraffic()
-	w.verdict()
+	w.endScenario(tr, script)
 }

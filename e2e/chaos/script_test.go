@@ -40,6 +40,26 @@ func (s *queueScript) finish() {
 	}
 }
 
+// startScenario starts the traffic and the scenario's own queue, and lets
+// them run a while: the world a fault is injected into.
+func (w *world) startScenario() (*traffic, *queueScript) {
+	w.t.Helper()
+	tr := w.startTraffic()
+	script := w.scriptQueue()
+	w.run(6 * time.Second)
+	return tr, script
+}
+
+// endScenario lets the traffic run a while after the fault, then has
+// everyone let go, and checks the history.
+func (w *world) endScenario(tr *traffic, script *queueScript) {
+	w.t.Helper()
+	w.run(8 * time.Second)
+	script.finish()
+	tr.stopTraffic()
+	w.verdict()
+}
+
 // run lets the traffic go on for d.
 func (w *world) run(d time.Duration) {
 	select {

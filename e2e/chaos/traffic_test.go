@@ -403,6 +403,9 @@ func (w *world) verdict() {
 	w.mu.Unlock()
 	v := w.hist.check(comments, w.sim.User(), spans, deaths, time.Now())
 	w.t.Logf("%s: %s", w.name, v.summary())
+	for _, n := range v.notes {
+		w.t.Logf("%s: %s", w.name, n)
+	}
 	fmt.Println(v.line(w.name))
 	if !v.clean() || len(v.findings) > 0 {
 		w.t.Errorf("%s\n%s", v.line(w.name), strings.Join(v.findings, "\n"))
