@@ -188,6 +188,8 @@ func (a *actor) cycle() {
 			return
 		}
 	case failed:
+		w := a.w
+		w.hist.note("#%d: plan failed: %q", a.pr.Number, a.answer)
 		a.pause()
 		a.release(opUnlock)
 		return
@@ -291,9 +293,7 @@ func (a *actor) release(kind opKind) {
 func (a *actor) released(kind opKind, since int64, r *testdrive.Replica) bool {
 	w := a.w
 	if kind == opUnlock {
-		c, ok := w.awaitComment(a.pr, since, r, answerTimeout, func(body string) bool {
-			return !e2ekit.IsQueuePosition(body) && !e2ekit.IsHandedOver(body)
-		})
+		c, ok := w.awaitComment(a.pr, since, r, answerTimeout, isAnswer)
 		return ok && e2ekit.IsUnlocked(c.Body)
 	}
 	deadline := time.Now().Add(releaseTimeout)

@@ -336,10 +336,10 @@ func (w *world) awaitComment(pr *vcssim.PullRequest, since int64, r *testdrive.R
 	}
 }
 
-// isAnswer is Atlantis's answer to a plan or an apply, whatever came of it.
+// isAnswer is Atlantis's answer to a command, whatever came of it: any
+// comment but the queue's, which come on their own.
 func isAnswer(body string) bool {
-	return e2ekit.IsPlanResult(body) || e2ekit.IsApplyResult(body) || e2ekit.IsNotRun(body) ||
-		strings.Contains(body, "**Error**") || strings.Contains(body, "Error:")
+	return !e2ekit.IsQueuePosition(body) && !e2ekit.IsHandedOver(body)
 }
 
 // holder is the pull holding dir's lock by Redis, 0 when it is free.
