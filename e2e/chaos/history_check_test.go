@@ -72,6 +72,12 @@ func TestHistoryCheck(t *testing.T) {
 			want:    verdict{grants: 1, lost: 1},
 		},
 		{
+			name:     "a told holder's lock held by another pull by Redis",
+			comments: map[int][]vcssim.Comment{1: {planned(10, 100)}},
+			samples:  []sample{read(3, 200, 210), read(3, 300, 310)},
+			want:     verdict{grants: 1, lost: 1, doubleGrants: 1},
+		},
+		{
 			name:     "a reading that began before the grant, or failed, proves nothing",
 			comments: map[int][]vcssim.Comment{1: {planned(10, 100)}},
 			samples:  []sample{read(0, 90, 110), read(unknownHolder, 120, 400)},

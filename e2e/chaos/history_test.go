@@ -146,7 +146,8 @@ type event struct {
 //
 //   - double-grants: a pull told it holds a lock (a plan that ran, a
 //     hand-over) while another pull told so earlier had not been sent a
-//     release (unlock, merge);
+//     release (unlock, merge), or Redis showing another pull holding it
+//     meanwhile;
 //   - lost: a lock whose holder was told it holds it that Redis shows free
 //     or held by another pull, with no release sent in between; a pull told
 //     it is queued that was never handed the lock; a hand-over announced
@@ -240,6 +241,9 @@ func (h *history) replay(v *verdict, dir string, evs []event) {
 			reported = true
 			now := "free"
 			if s.holder != 0 {
+				// Another pull holds the lock the told one still believes
+				// it holds.
+				v.doubleGrants++
 				now = fmt.Sprintf("held by #%d", s.holder)
 			}
 			finding("#%d was told it holds the lock at %s (%s); Redis showed it %s at %s, with no release sent for #%d",
