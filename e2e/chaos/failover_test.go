@@ -32,11 +32,11 @@ func TestSentinelFailover(t *testing.T) {
 	w := newWorld(t, "sentinel-failover", worldOptions{store: sentinel, args: waitReplicas})
 	tr, script := w.startScenario()
 
-	old := w.sentinel.Master
-	old.Kill()
-	t.Logf("%s: master %s killed", w.name, old.Addr)
 	sc := redis.NewSentinelClient(&redis.Options{Addr: w.sentinel.SentinelAddrs[0]})
 	defer sc.Close() // nolint: errcheck
+	old := w.sentinelMaster(sc)
+	old.Kill()
+	t.Logf("%s: master %s killed", w.name, old.Addr)
 	w.waitUntil("the sentinel to promote the replica", failoverTimeout, func() (bool, string) {
 		ctx, cancel := context.WithTimeout(w.ctx, time.Second)
 		defer cancel()
@@ -78,6 +78,21 @@ func TestClusterFailover(t *testing.T) {
 	t.Logf("%s: the replica was promoted; %s is back as its replica", w.name, old.Addr)
 
 	w.endScenario(tr, script)
+}
+
+// sentinelMaster is the process the sentinel names master now: a stall of
+// the machine may have failed it over already.
+func (w *world) sentinelMaster(sc *redis.SentinelClient) *redistest.Server {
+	w.t.Helper()
+	addr, err := sc.GetMasterAddrByName(w.ctx, w.sentinel.MasterName).Result()
+	Ok(w.t, err)
+	for _, s := range []*redistest.Server{w.sentinel.Master, w.sentinel.Replica} {
+		if s.Addr == strings.Join(addr, ":") {
+			return s
+		}
+	}
+	w.t.Fatalf("%s: the sentinel names master %v, which is no process of the set", w.name, addr)
+	return nil
 }
 
 // masterOf is the process serving key's slot as master.

@@ -46,7 +46,7 @@ func (w *world) startScenario() (*traffic, *queueScript) {
 	w.t.Helper()
 	tr := w.startTraffic()
 	script := w.scriptQueue()
-	w.run(6 * time.Second)
+	w.run(4 * time.Second)
 	return tr, script
 }
 
@@ -54,7 +54,7 @@ func (w *world) startScenario() (*traffic, *queueScript) {
 // everyone let go, and checks the history.
 func (w *world) endScenario(tr *traffic, script *queueScript) {
 	w.t.Helper()
-	w.run(8 * time.Second)
+	w.run(5 * time.Second)
 	script.finish()
 	tr.stopTraffic()
 	w.verdict()

@@ -23,6 +23,10 @@ const (
 	// releaseTimeout bounds the wait for a merge to free its pull's lock
 	// before the merge is sent again.
 	releaseTimeout = 20 * time.Second
+	// replanTimeout bounds the wait for the re-plan of a hand-over, which
+	// dies with the replica running it; well under handOverTimeout, so that
+	// the next pull in line is not kept waiting past it.
+	replanTimeout = 30 * time.Second
 )
 
 // traffic is the background load: actorsPerDir pulls on each traffic
@@ -239,7 +243,7 @@ func (a *actor) awaitHandOver(since int64) bool {
 		a.release(opUnlock)
 		return false
 	}
-	if replan, ok := w.awaitComment(a.pr, handOver.ID, nil, answerTimeout, isAnswer); !ok || !e2ekit.IsPlanned(replan.Body) {
+	if replan, ok := w.awaitComment(a.pr, handOver.ID, nil, replanTimeout, isAnswer); !ok || !e2ekit.IsPlanned(replan.Body) {
 		first, _, _ := strings.Cut(replan.Body, "\n")
 		w.hist.note("%s: #%d was handed the lock and its re-plan did not plan (answered: %v %.120q)", a.dir, a.pr.Number, ok, first)
 	}

@@ -429,6 +429,28 @@ func (w *world) unstall(pr *vcssim.PullRequest) {
 	Ok(w.t, os.Remove(filepath.Join(w.stalls, strconv.Itoa(pr.Number))))
 }
 
+// redisServers are every Redis process of the world's store.
+func (w *world) redisServers() []*redistest.Server {
+	switch {
+	case w.sentinel != nil:
+		return append([]*redistest.Server{w.sentinel.Master, w.sentinel.Replica}, w.sentinel.Sentinels...)
+	case w.cluster != nil:
+		return append(append([]*redistest.Server(nil), w.cluster.Nodes...), w.cluster.Replicas...)
+	default:
+		return []*redistest.Server{w.redis}
+	}
+}
+
+// lastLines is the end of a log file, or why it cannot be read.
+func lastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 // dumpOnFailure prints what explains a failure: the history's findings are
 // in the failure itself; here the replicas' recent output and each pull's
 // comments.
@@ -446,6 +468,9 @@ func (w *world) dumpOnFailure() {
 			first, _, _ := strings.Cut(c.Body, "\n")
 			fmt.Fprintf(&b, "%s %s: %.200s\n", c.CreatedAt.Format("15:04:05.000"), c.Author, first)
 		}
+	}
+	for _, srv := range w.redisServers() {
+		fmt.Fprintf(&b, "\n=== last lines of redis-server %s ===\n%s\n", srv.Addr, lastLines(filepath.Join(srv.Dir, "redis.log"), 40))
 	}
 	fmt.Fprintf(&b, "\nevery replica's output: %s\n", w.logPath)
 	for _, r := range w.fleet.Replicas {
