@@ -25,9 +25,10 @@ var waitReplicas = []string{"--enhanced-locking-redis-wait-replicas=1"}
 
 // TestSentinelFailover: under traffic, with a lock held and a pull queued,
 // the master is SIGKILLed; the sentinel promotes its replica, and the old
-// master comes back empty and is made a replica of the new one. Writes fail
-// closed until it does (the new master has no replica to acknowledge them),
-// and every lock write the replicas were told succeeded survives.
+// master comes back from its append-only file and is made a replica of the
+// new one. Writes fail closed until it does (the new master has no replica
+// to acknowledge them), and every lock write the replicas were told
+// succeeded survives, even a second failover back to the old master.
 func TestSentinelFailover(t *testing.T) {
 	w := newWorld(t, "sentinel-failover", worldOptions{store: sentinel, args: waitReplicas})
 	tr, script := w.startScenario()
@@ -45,7 +46,7 @@ func TestSentinelFailover(t *testing.T) {
 		return err == nil && now != old.Addr, fmt.Sprintf("master %s (%v)", now, err)
 	})
 	old.Restart()
-	t.Logf("%s: the replica was promoted; %s is back, empty, to become its replica", w.name, old.Addr)
+	t.Logf("%s: the replica was promoted; %s is back from its AOF, to become its replica", w.name, old.Addr)
 
 	w.endScenario(tr, script)
 }

@@ -190,7 +190,11 @@ func (w *world) startRedis(opts worldOptions) (string, []string) {
 			w.locks = w.cluster.Client(t)
 			return status, []string{"--enhanced-locking-redis-mode=cluster", "--enhanced-locking-redis-addrs=" + strings.Join(w.cluster.Addrs, ",")}
 		}
-		w.sentinel = redistest.StartSentinel(t)
+		// Persistence on both nodes, as Redis's replication docs require: a
+		// master that restarts empty can be promoted again by a second
+		// failover (the machine stalls, the sentinel's down-after is 1 s)
+		// and wipe the replica that has the data.
+		w.sentinel = redistest.StartSentinel(t, redistest.WithNodeOptions(redistest.WithAppendFsync("always")))
 		w.locks = w.sentinel.Client(t)
 		return status, []string{
 			"--enhanced-locking-redis-mode=sentinel",

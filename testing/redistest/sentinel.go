@@ -36,6 +36,20 @@ type SentinelOption func(*sentinelConfig)
 
 type sentinelConfig struct {
 	link bool
+	// node configures the master and the replica.
+	node config
+}
+
+// WithNodeOptions starts the master and the replica with opts, for example
+// WithAppendFsync: Redis's replication docs advise persistence on every node
+// of a replicated set, since a master that restarts empty can be promoted
+// again and wipe its replicas.
+func WithNodeOptions(opts ...Option) SentinelOption {
+	return func(c *sentinelConfig) {
+		for _, o := range opts {
+			o(&c.node)
+		}
+	}
 }
 
 // WithReplicationLink makes the replica replicate through a Proxy
@@ -57,7 +71,7 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *Sentinel {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	master := newServer(t, config{})
+	master := newServer(t, cfg.node)
 	master.start()
 
 	var link *Proxy
@@ -67,7 +81,7 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *Sentinel {
 		upstream = link.Addr
 	}
 	host, port, _ := strings.Cut(upstream, ":")
-	replica := newServer(t, config{})
+	replica := newServer(t, cfg.node)
 	replica.extraConf = []string{"replicaof " + host + " " + port}
 	replica.start()
 	waitFor(t, "replica "+replica.Addr+" in sync with "+master.Addr, func(ctx context.Context) error {
