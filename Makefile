@@ -45,6 +45,15 @@ bench: deps
 	ATLANTIS_BENCH_SUMMARY=1 $(GO) test -count=1 -timeout 20m -v -run '^TestBenchSummary$$'  ./server/core/locking/enhanced/ | grep -E '^(BENCH|--- FAIL|FAIL|ok)'
 	$(GO) test -count=1 -run '^$$' -bench 'HealthzWhileAWaitIsPending' -benchtime 5000x ./server/
 
+# Random plan / unlock / close traffic from 8 processes sharing one Redis for
+# LOAD_DURATION, every operation recorded and the history checked, with
+# upstream's Redis database under the same traffic as the anchor (LOAD lines;
+# see runatlantis.io/docs/enhanced-locking-reliability.md).
+.PHONY: load
+LOAD_DURATION ?= 60s
+load: deps
+	LOAD_DURATION=$(LOAD_DURATION) $(GO) test -count=1 -timeout 30m -v -run '^TestLoad$$' ./e2e/load/ | grep -E '^(LOAD|--- |FAIL|ok| {4,})'
+
 # The offline testdrive: two replicas, Redis, a GitHub stand-in and a story.
 run: deps build
 	./bin/atlantis testdrive $(ARGS)

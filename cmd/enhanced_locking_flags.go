@@ -188,7 +188,7 @@ var enhancedFlags = []enhancedFlag{
 	},
 	{
 		name:        EnhancedLockingQueueNoticeLeaseFlag,
-		description: "How long a replica that took a lock hand-over or expiry to announce has to comment (and start the re-plan) before another replica takes it over: a replica that dies meanwhile delays the announcement this long at most; shorter than one delivery's VCS calls, the comment may be posted twice.",
+		description: "How long a lock hand-over or expiry to announce stays one replica's before another may take it over, renewed right before each comment: a replica that dies meanwhile delays the announcement this long at most; shorter than one comment call, the comment may be posted twice.",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Features.QueueNoticeLease.String() },
 		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Features.QueueNoticeLease = v }),
 	},

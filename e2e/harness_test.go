@@ -56,6 +56,11 @@ type harness struct {
 	r2    *testdrive.Replica
 	repo  *vcssim.Repo
 	logs  *testLog
+	// dataDir is the replicas' shared data dir.
+	dataDir string
+	// redisProxies[i], with harnessOptions.recordRedis, is replica i+1's way
+	// to Redis, recording every command it sends.
+	redisProxies [2]*redistest.Proxy
 
 	mu  sync.Mutex
 	prs []*vcssim.PullRequest
@@ -71,6 +76,10 @@ type harnessOptions struct {
 	// extraProjects are Terraform projects the repo holds beside projectDir,
 	// one per dir.
 	extraProjects []string
+	// terraformDir replaces the directory of the terraform the replicas run.
+	terraformDir string
+	// recordRedis puts a recording proxy between each replica and Redis.
+	recordRedis bool
 }
 
 // newHarness starts everything and registers its teardown. When the test
@@ -119,6 +128,19 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 
 	args := append([]string{"--api-secret=" + apiSecret}, opts.extraArgs...)
 	dataDir := t.TempDir()
+	h.dataDir = dataDir
+	var redisAddrs []string
+	if opts.recordRedis {
+		for i := range h.redisProxies {
+			h.redisProxies[i] = redistest.StartProxy(t, h.redis.Addr)
+			h.redisProxies[i].RecordCommands()
+			redisAddrs = append(redisAddrs, h.redisProxies[i].Addr)
+		}
+	}
+	tfDir := terraformDir
+	if opts.terraformDir != "" {
+		tfDir = opts.terraformDir
+	}
 	// Stops the log forwarding once the replicas are gone; registered before
 	// the fleet so that it runs after the fleet's cleanup.
 	t.Cleanup(logs.close)
@@ -127,11 +149,13 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Replicas:     2,
 		RedisAddr:    h.redis.Addr,
 		DataDir:      dataDir,
-		TerraformDir: terraformDir,
+		TerraformDir: tfDir,
 		Sim:          sim,
 		ExtraArgs:    args,
 		ReplicaArgs:  opts.replicaArgs[:],
-		Log:          logs,
+		// The replicas reach Redis through the proxies, if any.
+		ReplicaRedisAddrs: redisAddrs,
+		Log:               logs,
 	})
 	Ok(t, err)
 	h.fleet = fleet

@@ -41,10 +41,11 @@ type leasedCommandRunner struct {
 
 // newCommandLeases builds the lease manager on the backend: in Redis for the
 // Redis backend, shared by the fleet; in this process for BoltDB, which only
-// one replica can open.
+// one replica can open, and for the BoltDB fallback, which declares one
+// replica and must run its commands while Redis is away.
 func (s *Server) newCommandLeases(userConfig upstream.UserConfig, backend *lockBackend, scope tally.Scope) (*leasedCommandRunner, error) {
 	store, shared := backend.Backend.(enhanced.CommandLeaseStore)
-	if !shared {
+	if !shared || s.Config.Fallback.Mode == FallbackBoltDB {
 		store = backends.NewMemoryCommandLeases()
 	}
 	f := s.Config.Features

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -228,4 +229,22 @@ func TestQueueReplansWaitForThePullsCommandLease(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the re-plan never ran after the lease was released")
 	}
+}
+
+// With the BoltDB fallback, which declares one replica, a command runs while
+// Redis is away: its lease is this process's, as the fallback's locks are.
+func TestCommandLeases_TheFallbackRunsCommandsWhileRedisIsAway(t *testing.T) {
+	redisSrv := redistest.Start(t)
+	cfg := redisConfig(redisSrv.Addr)
+	cfg.Fallback.Mode = FallbackBoltDB
+	cfg.Features.CommandLeaseTTL = time.Second
+	srv, _ := startTestServer(t, testUserConfig(t), cfg)
+	redisSrv.Stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lease, err := srv.leases.Acquire(ctx, enhanced.PullRef{RepoFullName: "org/repo", Num: 1}, "atlantis plan")
+	Ok(t, err)
+	Ok(t, lease.Err())
+	lease.Release()
 }

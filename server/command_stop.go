@@ -16,7 +16,9 @@ import (
 
 // Timings of stopping a command that lost its lease.
 const (
-	stopScanInterval = 250 * time.Millisecond
+	// stopScanInterval bounds how long a process started just as the lease
+	// ran out (its step passed the fence a moment before) runs unstopped.
+	stopScanInterval = 50 * time.Millisecond
 	// stopGrace is how long Terraform gets after SIGINT to stop cleanly (it
 	// releases its state lock) before SIGKILL.
 	stopGrace = 10 * time.Second

@@ -37,7 +37,7 @@ func (s *Server) startReaper(ctx context.Context, running *sync.WaitGroup) error
 	if s.queue != nil {
 		queues = s.queue.backend
 	}
-	r, err := reaper.New(s.Adapter, queues, upstreamPullStates{s}, turns, reaper.Options{
+	r, err := reaper.New(s.Adapter, queues, upstreamPullStates{s}, reaper.Leases{Turn: turns, Pulls: s.leases}, reaper.Options{
 		Interval:       f.StaleLockReaperInterval,
 		CallsPerSecond: float64(f.StaleLockReaperCallsPerMinute) / 60,
 		DryRun:         f.StaleLockReaperDryRun,

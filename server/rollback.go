@@ -3,12 +3,14 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"path/filepath"
 	"time"
 
 	upstream "github.com/runatlantis/atlantis/server"
 	"github.com/runatlantis/atlantis/server/core/db"
 	"github.com/runatlantis/atlantis/server/events/models"
 	"github.com/runatlantis/atlantis/server/logging"
+	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/backends"
@@ -27,7 +29,7 @@ func copyLocksForRollback(cfg EnhancedLockingConfig, userConfig upstream.UserCon
 	if cfg.Backend != BackendRedis || len(cfg.Redis.Addrs) == 0 {
 		return
 	}
-	legacy, err := legacydb.Guard(database)
+	legacy, err := legacydb.Guard(database, guardOptions(userConfig, logger, nil))
 	if err != nil {
 		logger.Warn("enhanced locking is off: %v; not copying the locks of Redis", err)
 		return
@@ -128,4 +130,10 @@ func (s *Server) takeBackAfterRollback(ctx context.Context, legacy *legacydb.Gua
 		}
 		return legacydb.ClearSynced(legacy)
 	}, nil
+}
+
+// guardOptions let the guard read upstream's BoltDB file, in the data dir,
+// when upstream's List cannot decode a lock in it.
+func guardOptions(userConfig upstream.UserConfig, logger logging.SimpleLogging, scope tally.Scope) legacydb.Options {
+	return legacydb.Options{File: filepath.Join(userConfig.DataDir, "atlantis.db"), Logger: logger, Scope: scope}
 }

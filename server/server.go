@@ -98,11 +98,11 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) (e
 	}()
 	// Made before anything else uses the database: every enhanced component
 	// reaches the legacy locks through this one guard.
-	legacy, err := legacydb.Guard(database)
+	scope := s.StatsScope.SubScope("enhanced")
+	legacy, err := legacydb.Guard(database, guardOptions(userConfig, s.Logger, scope))
 	if err != nil {
 		return fmt.Errorf("enhanced locking: %w", err)
 	}
-	scope := s.StatsScope.SubScope("enhanced")
 	backend, err := newLockBackend(s.Config, userConfig, legacy, s.Logger, scope)
 	if err != nil {
 		return err
@@ -129,6 +129,10 @@ func (s *Server) enable(userConfig upstream.UserConfig, database db.Database) (e
 		queuePolicy, tracking = s.queue.policy, s.queue.policy
 	}
 	if _, err := installCommandRunner(s.Server, leases, tracking); err != nil {
+		backend.Close() // nolint: errcheck
+		return err
+	}
+	if err := installCommandFence(s.Server, userConfig, leases.leases, s.Logger); err != nil {
 		backend.Close() // nolint: errcheck
 		return err
 	}

@@ -56,7 +56,9 @@ func TestRedisServer_HealthzAnswersWhileAWaitIsPending(t *testing.T) {
 	cfg := redisConfig(redisSrv.Addr)
 	cfg.Fallback.Mode = FallbackBoltDB
 	cfg.Features.WaitTimeout = 20 * time.Second
-	cfg.Performance.HealthCheckInterval = 5 * time.Millisecond
+	// Checks run many times during the wait; each ping may take an interval,
+	// so a shorter one would time out on a loaded machine and fall back.
+	cfg.Performance.HealthCheckInterval = 50 * time.Millisecond
 	srv, serve := startTestServer(t, testUserConfig(t), cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -56,6 +56,7 @@ func TestSeamTypes(t *testing.T) {
 	Assert(t, ok && deleteLock.Locker != nil && deleteLock.WorkingDir != nil,
 		"SEAM BROKEN: LocksController.DeleteLockCommand is %T, not a *events.DefaultDeleteLockCommand with its Locker and WorkingDir; victimReleaser must be rewritten for this upstream version",
 		srv.LocksController.DeleteLockCommand)
+	Ok(t, installCommandFence(srv, testUserConfig(t), fencedPull(0), nil))
 }
 
 // TestSeam_UpstreamComponentsUseTheInstalledDatabase locks through upstream's

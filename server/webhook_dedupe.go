@@ -206,7 +206,8 @@ func (d *deliveryDeduper) claim(ctx context.Context, record string) (int64, erro
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	maxRecords, claimTTL := d.limits()
-	return deliveryClaimScript.Run(ctx, d.client, []string{d.recordsKey()}, record, claimTTL.Milliseconds(), maxRecords).Int64()
+	expiry, err := deliveryClaimScript.Run(ctx, d.client, []string{d.recordsKey()}, record, claimTTL.Milliseconds(), maxRecords).Int64()
+	return expiry, d.recordsError(err)
 }
 
 // seen reports whether the record stands, storing nothing.
@@ -214,7 +215,20 @@ func (d *deliveryDeduper) seen(ctx context.Context, record string) (bool, error)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	n, err := deliverySeenScript.Run(ctx, d.client, []string{d.recordsKey()}, record).Int64()
-	return n == 1, err
+	return n == 1, d.recordsError(err)
+}
+
+// recordsError names the records key in err and, when the key holds what
+// the scripts do not keep there, says how to clear it.
+func (d *deliveryDeduper) recordsError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if redis.HasErrorPrefix(err, "CORRUPT") || redis.HasErrorPrefix(err, "WRONGTYPE") {
+		return fmt.Errorf("webhook delivery records at redis key %q: %w (delete the key with redis-cli DEL: "+
+			"it holds only de-duplication records, which start again empty)", d.recordsKey(), err)
+	}
+	return fmt.Errorf("webhook delivery records at redis key %q: %w", d.recordsKey(), err)
 }
 
 // confirm makes a handled delivery's record last deliveryTTL.
@@ -222,7 +236,7 @@ func (d *deliveryDeduper) confirm(host, id, record string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	maxRecords, claimTTL := d.limits()
-	err := deliveryConfirmScript.Run(ctx, d.client, []string{d.recordsKey()}, record, deliveryTTL.Milliseconds(), maxRecords).Err()
+	err := d.recordsError(deliveryConfirmScript.Run(ctx, d.client, []string{d.recordsKey()}, record, deliveryTTL.Milliseconds(), maxRecords).Err())
 	if err != nil {
 		d.logger.Warn("could not confirm %s delivery %s; a copy of it arriving after %s will be handled again: %s", host, id, claimTTL, err)
 	}
@@ -235,7 +249,7 @@ func (d *deliveryDeduper) forget(host, id, record string, expiry int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, claimTTL := d.limits()
-	if err := deliveryForgetScript.Run(ctx, d.client, []string{d.recordsKey()}, record, expiry, claimTTL.Milliseconds()).Err(); err != nil {
+	if err := d.recordsError(deliveryForgetScript.Run(ctx, d.client, []string{d.recordsKey()}, record, expiry, claimTTL.Milliseconds()).Err()); err != nil {
 		d.logger.Warn("could not forget %s delivery %s, a redelivery of it within %s will be ignored: %s", host, id, claimTTL, err)
 	}
 }

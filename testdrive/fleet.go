@@ -30,7 +30,10 @@ type FleetConfig struct {
 	// starts, after ExtraArgs, so they override them: for example
 	// --enhanced-locking-enabled=false on one replica of a mixed fleet.
 	ReplicaArgs [][]string
-	Log         io.Writer
+	// ReplicaRedisAddrs[i], when set, is where the i-th replica reaches
+	// RedisAddr instead, e.g. a proxy that records or cuts its traffic.
+	ReplicaRedisAddrs []string
+	Log               io.Writer
 }
 
 // Fleet is a set of running replicas.
@@ -44,13 +47,20 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	if len(cfg.ReplicaArgs) > cfg.Replicas {
 		return nil, fmt.Errorf("FleetConfig has flags for %d replicas but starts %d", len(cfg.ReplicaArgs), cfg.Replicas)
 	}
+	if len(cfg.ReplicaRedisAddrs) > cfg.Replicas {
+		return nil, fmt.Errorf("FleetConfig has Redis addresses for %d replicas but starts %d", len(cfg.ReplicaRedisAddrs), cfg.Replicas)
+	}
 	f := &Fleet{cfg: cfg}
 	for i := range cfg.Replicas {
 		var own []string
 		if i < len(cfg.ReplicaArgs) {
 			own = cfg.ReplicaArgs[i]
 		}
-		if _, err := f.startReplica(ctx, fmt.Sprintf("replica-%d", i+1), own); err != nil {
+		redisAddr := cfg.RedisAddr
+		if i < len(cfg.ReplicaRedisAddrs) && cfg.ReplicaRedisAddrs[i] != "" {
+			redisAddr = cfg.ReplicaRedisAddrs[i]
+		}
+		if _, err := f.startReplica(ctx, fmt.Sprintf("replica-%d", i+1), redisAddr, own); err != nil {
 			f.Stop()
 			return nil, err
 		}
@@ -60,11 +70,17 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 
 // StartReplica adds one replica to the fleet, with the fleet's ExtraArgs.
 func (f *Fleet) StartReplica(ctx context.Context, name string) (*Replica, error) {
-	return f.startReplica(ctx, name, nil)
+	return f.startReplica(ctx, name, f.cfg.RedisAddr, nil)
 }
 
-// startReplica starts a replica with the fleet's flags followed by own.
-func (f *Fleet) startReplica(ctx context.Context, name string, own []string) (*Replica, error) {
+// ReplicaEnv names, in the environment of a replica and of every process it
+// starts (Terraform, workflow steps), the replica that started it.
+const ReplicaEnv = "ATLANTIS_TESTDRIVE_REPLICA"
+
+// startReplica starts a replica on redisAddr with the fleet's flags followed
+// by own. Its GitHub token names it (vcssim's ClientToken), so the stand-in
+// records which replica made each request.
+func (f *Fleet) startReplica(ctx context.Context, name, redisAddr string, own []string) (*Replica, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
@@ -73,8 +89,8 @@ func (f *Fleet) startReplica(ctx context.Context, name string, own []string) (*R
 		Name:   name,
 		Binary: f.cfg.Binary,
 		Port:   port,
-		Args:   append(f.replicaArgs(port), own...),
-		Env:    f.replicaEnv(),
+		Args:   append(f.replicaArgs(name, port, redisAddr), own...),
+		Env:    append(f.replicaEnv(), ReplicaEnv+"="+name),
 		Log:    f.cfg.Log,
 	})
 	if err != nil {
@@ -84,15 +100,15 @@ func (f *Fleet) startReplica(ctx context.Context, name string, own []string) (*R
 	return r, nil
 }
 
-func (f *Fleet) replicaArgs(port int) []string {
+func (f *Fleet) replicaArgs(name string, port int, redisAddr string) []string {
 	sim := f.cfg.Sim
-	redisHost, redisPort, _ := net.SplitHostPort(f.cfg.RedisAddr)
+	redisHost, redisPort, _ := net.SplitHostPort(redisAddr)
 	args := []string{
 		fmt.Sprintf("--atlantis-url=http://127.0.0.1:%d", port),
 		"--data-dir=" + f.cfg.DataDir,
 		"--gh-hostname=" + sim.Host(),
 		"--gh-user=" + sim.User(),
-		"--gh-token=" + sim.Token(),
+		"--gh-token=" + sim.ClientToken(name),
 		"--gh-webhook-secret=" + sim.WebhookSecret(),
 		"--repo-allowlist=*",
 		"--tf-download=false",
@@ -101,7 +117,7 @@ func (f *Fleet) replicaArgs(port int) []string {
 		"--redis-port=" + redisPort,
 		"--enhanced-locking-enabled",
 		"--enhanced-locking-backend=redis",
-		"--enhanced-locking-redis-addrs=" + f.cfg.RedisAddr,
+		"--enhanced-locking-redis-addrs=" + redisAddr,
 		"--enhanced-locking-health-check-interval=1s",
 	}
 	return append(args, f.cfg.ExtraArgs...)

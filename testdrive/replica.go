@@ -58,8 +58,10 @@ func StartReplica(ctx context.Context, cfg ReplicaConfig) (*Replica, error) {
 		out = io.MultiWriter(r.tail, &prefixWriter{prefix: "[" + cfg.Name + "] ", w: cfg.Log})
 	}
 	r.cmd.Stdout, r.cmd.Stderr = out, out
-	// The replica dies with whoever started it, even if that is killed.
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// The replica dies with whoever started it, even if that is killed. It
+	// leads a process group of its own, with the Terraform and shell runs it
+	// starts, so Pause and Kill reach them as a stalled or lost node would.
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := r.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", cfg.Name, err)
 	}
@@ -113,7 +115,7 @@ func (r *Replica) Stop() {
 	}
 	r.cmd.Process.Signal(syscall.SIGTERM) // nolint: errcheck
 	// A paused replica acts on the signal only once it runs again.
-	r.cmd.Process.Signal(syscall.SIGCONT) // nolint: errcheck
+	r.Resume() // nolint: errcheck
 	select {
 	case <-r.exited:
 	case <-time.After(15 * time.Second):
@@ -121,9 +123,10 @@ func (r *Replica) Stop() {
 	}
 }
 
-// Kill ends the replica at once, as a crash would.
+// Kill ends the replica and every process it started at once, as the loss
+// of its node would.
 func (r *Replica) Kill() {
-	r.cmd.Process.Kill() // nolint: errcheck
+	syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) // nolint: errcheck
 	<-r.exited
 }
 
@@ -137,16 +140,20 @@ func (r *Replica) Running() bool {
 	}
 }
 
-// Pause freezes the replica (SIGSTOP) as a long stall would: its connections
-// stay open and nothing it would do happens until Resume.
+// Pause freezes the replica and the processes it started (SIGSTOP to its
+// process group) as a stalled node or a paused VM would: its connections stay
+// open and nothing it would do happens until Resume.
 func (r *Replica) Pause() error {
-	return r.cmd.Process.Signal(syscall.SIGSTOP)
+	return syscall.Kill(-r.cmd.Process.Pid, syscall.SIGSTOP)
 }
 
-// Resume lets a paused replica go on (SIGCONT).
+// Resume lets a paused replica and its processes go on (SIGCONT).
 func (r *Replica) Resume() error {
-	return r.cmd.Process.Signal(syscall.SIGCONT)
+	return syscall.Kill(-r.cmd.Process.Pid, syscall.SIGCONT)
 }
+
+// Pid is the replica's process id, which is also its process group's.
+func (r *Replica) Pid() int { return r.cmd.Process.Pid }
 
 // FreePort asks the kernel for a free loopback port.
 func FreePort() (int, error) {

@@ -1,7 +1,6 @@
 package vcssim
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -49,7 +48,7 @@ func (s *Sim) routes() *router {
 // serveAPI authenticates a REST or GraphQL request and dispatches it.
 func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 	setGitHubHeaders(w)
-	login, ok := s.authenticate(r)
+	login, client, ok := s.authenticate(r)
 	if !ok {
 		if r.Header.Get("Authorization") == "" {
 			writeError(w, http.StatusUnauthorized, "Requires authentication")
@@ -61,6 +60,7 @@ func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
 		info.login = login
+		info.client = client
 	}
 	h := s.api.match(r)
 	if h == nil {
@@ -72,7 +72,7 @@ func (s *Sim) serveAPI(w http.ResponseWriter, r *http.Request) {
 
 // authenticate accepts the token as a basic-auth password (Atlantis with
 // --gh-user/--gh-token) or as a "token"/"Bearer" Authorization header.
-func (s *Sim) authenticate(r *http.Request) (string, bool) {
+func (s *Sim) authenticate(r *http.Request) (login, client string, ok bool) {
 	var presented string
 	if _, pass, ok := r.BasicAuth(); ok {
 		presented = pass
@@ -84,10 +84,19 @@ func (s *Sim) authenticate(r *http.Request) (string, bool) {
 			}
 		}
 	}
-	if presented == "" || subtle.ConstantTimeCompare([]byte(presented), []byte(s.token)) != 1 {
-		return "", false
+	client, ok = s.clientOf(presented)
+	if !ok {
+		return "", "", false
 	}
-	return s.user, true
+	return s.user, client, true
+}
+
+// requestClient is the client the request's credential names (ClientToken).
+func requestClient(r *http.Request) string {
+	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
+		return info.client
+	}
+	return ""
 }
 
 // requestLogin is the login the request authenticated as.

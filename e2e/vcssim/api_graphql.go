@@ -54,7 +54,7 @@ func (s *Sim) graphql(w http.ResponseWriter, r *http.Request) {
 	q := req.Query
 	switch {
 	case strings.Contains(q, "minimizeComment("):
-		s.gqlMinimizeComment(w, vars)
+		s.gqlMinimizeComment(w, vars, requestClient(r))
 	case strings.Contains(q, "dismissPullRequestReview("):
 		s.gqlDismissReview(w, vars)
 	case strings.Contains(q, "latestOpinionatedReviews"):
@@ -103,7 +103,7 @@ func notFound(path, what string) graphqlError {
 
 // gqlMinimizeComment hides a comment, as Atlantis does with previous plan
 // comments under --hide-prev-plan-comments.
-func (s *Sim) gqlMinimizeComment(w http.ResponseWriter, vars graphqlVars) {
+func (s *Sim) gqlMinimizeComment(w http.ResponseWriter, vars graphqlVars, client string) {
 	s.mu.Lock()
 	var target *Comment
 	for _, c := range s.comments {
@@ -114,6 +114,7 @@ func (s *Sim) gqlMinimizeComment(w http.ResponseWriter, vars graphqlVars) {
 	if target != nil {
 		target.Minimized = true
 		target.MinimizedReason = vars.Input.Classifier
+		target.MinimizedBy = client
 	}
 	s.mu.Unlock()
 

@@ -71,6 +71,7 @@ func (s *Sim) createComment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := s.addComment(rs.repo.FullName, ps.pr.Number, requestLogin(r), body)
+	c.Client = requestClient(r)
 	out := s.ghComment(c)
 	s.mu.Unlock()
 

@@ -198,6 +198,7 @@ func (s *Sim) createStatus(w http.ResponseWriter, r *http.Request) {
 		Description: in.GetDescription(),
 		TargetURL:   in.GetTargetURL(),
 		Creator:     requestLogin(r),
+		Client:      requestClient(r),
 		CreatedAt:   time.Now().UTC(),
 	}
 	s.statuses = append(s.statuses, st)

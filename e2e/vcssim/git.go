@@ -3,7 +3,6 @@ package vcssim
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -379,7 +378,8 @@ func (b *gitBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Repositories are private: git only sends the credentials embedded in
 	// the clone URL after a Basic challenge, as with real GitHub.
 	user, pass, hasAuth := r.BasicAuth()
-	if !hasAuth || subtle.ConstantTimeCompare([]byte(pass), []byte(s.token)) != 1 {
+	client, known := s.clientOf(pass)
+	if !hasAuth || !known {
 		if hasAuth {
 			s.logf("vcssim: git: bad credentials for user %q on %s", user, r.URL.Path)
 		}
@@ -388,6 +388,9 @@ func (b *gitBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
+		info.client = client
+	}
 	// Atlantis only reads; pushes would bypass the pull request bookkeeping.
 	if r.URL.Query().Get("service") == "git-receive-pack" || strings.HasSuffix(r.URL.Path, "/git-receive-pack") {
 		s.logf("vcssim: git: rejected push to %s; use OpenPullRequest/UpdatePullRequest", r.URL.Path)

@@ -21,6 +21,10 @@ type Comment struct {
 	Minimized       bool   // hidden through GraphQL minimizeComment
 	MinimizedReason string // e.g. "OUTDATED"
 	Reactions       []string
+	// Client and MinimizedBy name the clients (Sim.ClientToken) that posted
+	// and hid the comment; "" for Token or a comment the harness sent.
+	Client      string
+	MinimizedBy string
 }
 
 // Status is a commit status posted through the statuses API.
@@ -33,7 +37,9 @@ type Status struct {
 	Description string
 	TargetURL   string
 	Creator     string
-	CreatedAt   time.Time
+	// Client names the client that set the status (Sim.ClientToken).
+	Client    string
+	CreatedAt time.Time
 }
 
 // Request is one HTTP request the Sim served.
@@ -46,6 +52,9 @@ type Request struct {
 	Detail   string // for unknown GraphQL operations, the operation text
 	Duration time.Duration
 	Time     time.Time
+	// Client names the client whose credential the request carried
+	// (Sim.ClientToken).
+	Client string
 }
 
 func (r Request) String() string {

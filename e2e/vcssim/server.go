@@ -15,6 +15,7 @@ package vcssim
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -80,7 +81,9 @@ type Sim struct {
 	// concurrent helpers cannot lose each other's commits.
 	gitMu sync.Mutex
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// clients maps each token ClientToken handed out to its client's name.
+	clients  map[string]string
 	closed   bool
 	nextID   int64
 	users    map[string]int64
@@ -101,6 +104,7 @@ func New(opts Options) (*Sim, error) {
 		served:        make(chan struct{}),
 		nextID:        1000,
 		users:         map[string]int64{},
+		clients:       map[string]string{},
 		repos:         map[string]*repoState{},
 	}
 	if s.user == "" {
@@ -226,6 +230,30 @@ func (s *Sim) User() string { return s.user }
 // Token is the accepted API and git credential (--gh-token).
 func (s *Sim) Token() string { return s.token }
 
+// ClientToken returns a credential for the same user as Token that also
+// names the client using it: every request, comment, status and hidden
+// comment made with it records client, so a test can tell which of several
+// Atlantis replicas did what.
+func (s *Sim) ClientToken(client string) string {
+	token := s.token + "-" + client
+	s.mu.Lock()
+	s.clients[token] = client
+	s.mu.Unlock()
+	return token
+}
+
+// clientOf returns the client a presented credential names: "" for Token,
+// ok false for a credential the Sim never handed out.
+func (s *Sim) clientOf(presented string) (string, bool) {
+	if presented != "" && subtle.ConstantTimeCompare([]byte(presented), []byte(s.token)) == 1 {
+		return "", true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	client, ok := s.clients[presented]
+	return client, ok
+}
+
 // WebhookSecret signs webhooks (--gh-webhook-secret).
 func (s *Sim) WebhookSecret() string { return s.webhookSecret }
 
@@ -299,6 +327,7 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Detail:   info.detail,
 		Duration: time.Since(start),
 		Time:     start,
+		Client:   info.client,
 	})
 }
 
@@ -323,6 +352,7 @@ type requestInfo struct {
 	unknown bool
 	detail  string
 	login   string
+	client  string
 }
 
 // statusRecorder remembers the response status for the request log.

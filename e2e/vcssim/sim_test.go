@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	. "github.com/runatlantis/atlantis/testing"
+
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 )
 
@@ -125,4 +127,45 @@ func TestTerraformProject(t *testing.T) {
 	if !strings.Contains(body, `resource "terraform_data" "web"`) {
 		t.Fatalf("main.tf lacks terraform_data resource:\n%s", body)
 	}
+}
+
+// A client token authenticates as the same user, and everything done with it
+// names the client.
+func TestSim_ClientTokensNameWhoDidWhat(t *testing.T) {
+	sim := newSim(t)
+	repo, err := sim.CreateRepo("acme", "infra", map[string]string{"main.tf": "# empty\n"})
+	Ok(t, err)
+	pr, err := sim.OpenPullRequest(repo, 1, "change", map[string]string{"main.tf": "# changed\n"}, "alice")
+	Ok(t, err)
+	for _, client := range []string{"replica-1", ""} {
+		token := sim.Token()
+		if client != "" {
+			token = sim.ClientToken(client)
+		}
+		req, err := http.NewRequest("POST", sim.URL()+"/api/v3/repos/acme/infra/issues/1/comments", strings.NewReader(`{"body":"hello"}`))
+		Ok(t, err)
+		req.SetBasicAuth(sim.User(), token)
+		resp, err := (&http.Client{Transport: sim.Transport()}).Do(req)
+		Ok(t, err)
+		resp.Body.Close() // nolint: errcheck
+		Equals(t, http.StatusCreated, resp.StatusCode)
+	}
+	comments := sim.Comments("acme/infra", pr.Number)
+	Equals(t, 2, len(comments))
+	Equals(t, "replica-1", comments[0].Client)
+	Equals(t, sim.User(), comments[0].Author)
+	Equals(t, "", comments[1].Client)
+	byClient := map[string]int{}
+	for _, r := range sim.Requests() {
+		byClient[r.Client]++
+	}
+	Equals(t, 1, byClient["replica-1"])
+
+	req, err := http.NewRequest("GET", sim.URL()+"/api/v3/repos/acme/infra", nil)
+	Ok(t, err)
+	req.SetBasicAuth(sim.User(), sim.Token()+"-never-handed-out")
+	resp, err := (&http.Client{Transport: sim.Transport()}).Do(req)
+	Ok(t, err)
+	resp.Body.Close() // nolint: errcheck
+	Equals(t, http.StatusUnauthorized, resp.StatusCode)
 }

@@ -2,6 +2,7 @@
 -- ARGV: 1 record (payload hash), 2 record lifetime in ms, 3 cap
 -- The event was handled, so the record is stored even when the claim lapsed
 -- or was evicted meanwhile. A later expiry already there is kept.
+check_records()
 local now = now_ms()
 drop_expired(now)
 local expiry = now + tonumber(ARGV[2])

@@ -7,6 +7,25 @@
 -- script ran (ZADD, ZREM, ...), never the script itself, so a replica does not
 -- evaluate TIME again and cannot diverge. Redis 5 and 6 do the same by default.
 -- Taking the time from the server means the replicas' clocks never matter.
+--
+-- A script that writes calls check_records first: Redis keeps the writes a
+-- script made before an error, so a key these scripts did not write stops it
+-- before any.
+
+-- check_records stops the script, having written nothing, when KEYS[1] is
+-- not a set of records as these scripts keep it: another Redis type, or an
+-- expiry no unix ms time reaches, which put's PEXPIREAT would refuse after
+-- its ZADD.
+local function check_records()
+  local t = redis.call('TYPE', KEYS[1])['ok']
+  if t ~= 'none' and t ~= 'zset' then
+    error({err = 'CORRUPT a ' .. t .. ' where a zset belongs at key ' .. KEYS[1]})
+  end
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] and not (tonumber(last[2]) < 2^53) then
+    error({err = 'CORRUPT a record expiring past any unix ms time at key ' .. KEYS[1]})
+  end
+end
 
 local function now_ms()
   local t = redis.call('TIME')

@@ -21,6 +21,9 @@ type Proxy struct {
 	// poisons every connection that sends anything while it is set.
 	dropNext atomic.Bool
 	dropAll  atomic.Bool
+	// recording makes every connection keep the commands it forwards.
+	recording atomic.Bool
+	recorded  commandLog
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -41,6 +44,14 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	t.Cleanup(p.close)
 	return p
 }
+
+// RecordCommands makes the connections opened from now on keep every
+// command they forward, for Commands.
+func (p *Proxy) RecordCommands() { p.recording.Store(true) }
+
+// Commands returns the commands recorded so far, in the order each
+// connection sent them.
+func (p *Proxy) Commands() []Command { return p.recorded.all() }
 
 // DropNextReply loses every reply on the connection that sends the next
 // request, from that request on. The client times out and drops the
@@ -70,7 +81,14 @@ func (p *Proxy) accept() {
 		p.wg.Add(2)
 		go func() {
 			defer p.wg.Done()
-			p.forward(server, client, func() {
+			var requests io.Writer = io.Discard
+			if p.recording.Load() {
+				pr, pw := io.Pipe()
+				requests = pw
+				go p.recorded.read(pr)
+				defer pw.Close() // nolint: errcheck
+			}
+			p.forward(io.MultiWriter(server, requests), client, func() {
 				if p.dropAll.Load() || p.dropNext.CompareAndSwap(true, false) {
 					poisoned.Store(true)
 				}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -231,4 +232,24 @@ func TestReplicatedClusterFailsOver(t *testing.T) {
 	now, err := c.MasterForKey(ctx, "k")
 	Ok(t, err)
 	Assert(t, now.Options().Addr != old.Addr, "the killed master still serves k")
+}
+
+func TestProxy_RecordsTheCommandsItForwards(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := redistest.StartProxy(t, srv.Addr)
+	proxy.RecordCommands()
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr})
+	defer client.Close() // nolint: errcheck
+	ctx := context.Background()
+	before := time.Now()
+	Ok(t, client.Set(ctx, "key", "a\r\nvalue", 0).Err())
+	Ok(t, client.Del(ctx, "key").Err())
+	var got [][]string
+	for _, c := range proxy.Commands() {
+		Assert(t, !c.At.Before(before), "%v recorded at %s, before it was sent", c.Args, c.At)
+		if name := strings.ToUpper(c.Args[0]); name == "SET" || name == "DEL" {
+			got = append(got, c.Args)
+		}
+	}
+	Equals(t, [][]string{{"set", "key", "a\r\nvalue"}, {"del", "key"}}, got)
 }

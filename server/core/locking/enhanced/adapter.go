@@ -408,8 +408,13 @@ func (a *Adapter) GetPullStatus(pull models.PullRequest) (*models.PullStatus, er
 	return a.legacy.GetPullStatus(pull)
 }
 
-// DeletePullStatus implements db.Database; pull status stays legacy.
+// DeletePullStatus implements db.Database; pull status stays legacy. A plan
+// deletes the status before it writes its own, so a fenced command must not
+// delete the status its successor wrote.
 func (a *Adapter) DeletePullStatus(pull models.PullRequest) error {
+	if err := a.fenced(pull.BaseRepo.FullName, pull.Num); err != nil {
+		return err
+	}
 	return a.legacy.DeletePullStatus(pull)
 }
 

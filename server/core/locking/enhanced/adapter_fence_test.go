@@ -52,6 +52,14 @@ func TestAdapter_FencedPullChangesNothing(t *testing.T) {
 	status, err := a.GetPullStatus(held.Pull)
 	Ok(t, err)
 	Assert(t, status == nil, "no status was written for the fenced pull")
+	// A status another replica's command wrote survives the fenced command.
+	_, err = legacy.UpdatePullWithResults(held.Pull, []command.ProjectResult{{RepoRelDir: "dir", Workspace: "default"}})
+	Ok(t, err)
+	err = a.DeletePullStatus(held.Pull)
+	Assert(t, errors.Is(err, errLost), "DeletePullStatus must fail, got %v", err)
+	status, err = a.GetPullStatus(held.Pull)
+	Ok(t, err)
+	Assert(t, status != nil, "the fenced pull's status was deleted")
 
 	// Closing a pull always frees its locks, fenced or not.
 	_, err = a.UnlockByPull("org/repo", 7)

@@ -71,7 +71,7 @@ func newAdapter(t *testing.T, legacy *legacydb.Guarded, backend enhanced.Backend
 // guard is the one guard the server puts around the legacy database.
 func guard(t *testing.T, database db.Database) *legacydb.Guarded {
 	t.Helper()
-	g, err := legacydb.Guard(database)
+	g, err := legacydb.Guard(database, legacydb.Options{})
 	Ok(t, err)
 	return g
 }

@@ -75,11 +75,13 @@ type CommandLease struct {
 }
 
 // PullFence says whether this replica may still act for a pull. The adapter
-// asks it before each lock change and status write a pull's command makes,
-// so a command whose lease was lost (its replica paused or cut off past the
-// TTL) cannot take, release or record anything for the pull while another
-// replica's command runs. Closing a pull is never fenced: its locks must
-// always be freed.
+// asks it before each lock change and pull status write a pull's command
+// makes, and the server before each VCS write, workflow step and git run, so
+// a command whose lease ran out (its replica paused or cut off past the
+// lease's deadline) cannot take, release or record anything for the pull
+// while another replica's command runs. Releasing every lock of a pull
+// (UnlockByPull, as closing it does) is never fenced: its locks must always
+// be freed.
 type PullFence interface {
 	Check(repoFullName string, pullNum int) error
 }

@@ -20,38 +20,58 @@ import (
 //     release hands it to the queue's head in the same atomic step, so no
 //     TryLock can take it in between;
 //   - an entry leaves its queue exactly once: handed the lock, expired, or
-//     removed by its pull; a hand-over or an expiry leaves exactly one
-//     notice in the outbox, in the same atomic step, which stays there until
-//     a replica acknowledges it.
+//     removed by its pull (or replaced by its pull's next Enqueue once
+//     expired); a hand-over or an expiry leaves exactly one notice in the
+//     outbox, in the same atomic step, which stays there until a replica
+//     acknowledges it;
+//   - a pull has at most one place in a lock's line, whichever way it asked:
+//     a synchronous wait of a pull that has an unexpired entry for the lock
+//     (a queued pull that plans again) waits through that entry and adds no
+//     place. The hand-over to that place serves exactly one request: while
+//     the pull's wait is live it takes the lock, in the hand-over's atomic
+//     step, as a request of its own (LockQueue.HolderID then names it, not
+//     the entry, and the queue worker does not re-plan); otherwise the entry
+//     holds it (HolderID is the entry's ID) and the worker re-plans;
+//   - an expired entry holds no place: no read lists it or counts it in a
+//     position, and no hand-over serves it.
 //
 // Synchronous waiters (Backend.TryLockWithTimeout) share the queue and its
 // order; they are not durable and leave no notices.
 type QueueBackend interface {
 	// Enqueue adds the pull's request to the queue of the lock it asks for.
-	// A pull already queued for the lock keeps its entry and place. When the
-	// lock is free or already the pull's, nothing is queued and the result
-	// says so: the caller takes the lock instead.
+	// A pull already queued for the lock keeps its entry and place; an entry
+	// that expired is replaced, without an expiry notice, by a new one at the
+	// back of its priority band. When the lock is free or already the
+	// pull's, nothing is queued and the result says so: the caller takes the
+	// lock instead.
 	Enqueue(ctx context.Context, req QueueRequest) (EnqueueResult, error)
 	// LeaveQueue removes the pull's entry for one lock, reporting whether
 	// there was one.
 	LeaveQueue(ctx context.Context, project models.Project, workspace string, repoFullName string, pullNum int) (bool, error)
 	// LeaveQueues removes every entry of the pull, as when it is closed or
-	// unlocked, and returns them.
+	// unlocked, and returns those that held a place.
 	LeaveQueues(ctx context.Context, repoFullName string, pullNum int) ([]QueueEntry, error)
-	// Queue returns one lock's holder and queue, head first.
+	// Queue returns one lock's holder and line, head first.
 	Queue(ctx context.Context, project models.Project, workspace string) (LockQueue, error)
-	// Queues returns every lock that has durable entries.
+	// Queues returns every lock that has durable entries holding a place.
 	Queues(ctx context.Context) ([]LockQueue, error)
-	// PullEntries returns the pull's durable entries, each with its position.
+	// PullEntries returns the pull's durable entries that hold a place, each
+	// with its position.
 	PullEntries(ctx context.Context, repoFullName string, pullNum int) ([]QueueEntry, error)
 	// Sweep expires the entries whose time ran out and hands each free lock
 	// that has entries to its head (a lock deleted outside enhanced locking,
 	// by an upstream replica or by hand, leaves its queue waiting otherwise).
 	Sweep(ctx context.Context) (SweepResult, error)
 	// ClaimNotices leases up to max notices that nobody holds, for lease. A
-	// notice not acknowledged before its lease ends is claimed again, by any
-	// replica.
+	// notice not renewed, marked or acknowledged before its lease ends is
+	// claimed again, by any replica.
 	ClaimNotices(ctx context.Context, lease time.Duration, max int) ([]QueueNotice, error)
+	// RenewNotice renews the lease of a claimed notice, to lease from now, as
+	// long as no other claim took it (even after the lease ended: nobody else
+	// can deliver it meanwhile). A claim renews a notice right before each
+	// step it cannot undo, such as a comment, so one lease covers one step,
+	// however many notices the claim took. ErrNoticeLost as for MarkNotice.
+	RenewNotice(ctx context.Context, n QueueNotice, lease time.Duration) error
 	// MarkNotice records that a delivery step of a claimed notice is done and
 	// renews the lease, so a later claim skips the step. It fails with
 	// ErrNoticeLost when the claim's lease ended and another claim took it.
@@ -111,12 +131,13 @@ type LockQueue struct {
 	Workspace string
 	// Holder is nil when the lock is free.
 	Holder *models.ProjectLock
-	// HolderID identifies the acquisition that holds the lock, where the
-	// backend tells acquisitions apart (else ""): the ID of the entry the
-	// lock was handed to, until its pull takes the lock again by a request
-	// of its own.
+	// HolderID identifies the acquisition that holds the lock: the ID of
+	// the entry the lock was handed to, until its pull takes the lock by a
+	// request of its own (then another ID, or "" where the backend does not
+	// tell the pull's own acquisitions apart).
 	HolderID string
-	Entries  []QueueEntry
+	// Entries is the line: the requests that hold a place, one per pull.
+	Entries []QueueEntry
 }
 
 // SweepResult counts what a Sweep did.

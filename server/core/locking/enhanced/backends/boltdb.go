@@ -93,6 +93,9 @@ func (b *BoltDB) tryLockLocked(lock models.ProjectLock) (bool, models.ProjectLoc
 		if _, err := b.settleLocked(curr); err != nil {
 			b.logger.Warn("%s", err)
 		}
+		if err := b.takenByPullLocked(models.GenerateLockKey(curr.Project, curr.Workspace), curr); err != nil {
+			b.logger.Warn("%s", err)
+		}
 	}
 	return acquired, curr, nil
 }

@@ -23,10 +23,11 @@ import (
 // then leaves its queue with its notice by the rule that repairs a crash
 // between the two writes.
 func (b *BoltDB) handoffLocked(key string) (bool, error) {
-	head, err := b.durableHeadLocked(key)
+	err := b.releasedLocked(key)
+	head, herr := b.durableHeadLocked(key)
 	// A queue file that failed still leaves the waiters here to serve.
-	if err != nil {
-		err = fmt.Errorf("reading the queue of lock %q: %w", key, err)
+	if herr != nil {
+		err = errors.Join(err, fmt.Errorf("reading the queue of lock %q: %w", key, herr))
 	}
 	q := b.queues[key]
 	w := q.head()
@@ -42,8 +43,9 @@ func (b *BoltDB) handoffLocked(key string) (bool, error) {
 }
 
 // durableHeadLocked returns the first unexpired durable entry of a lock,
-// or nil, after removing the expired ones ahead of it with their notices.
-// Without the queue file open there are none. b.mu must be held.
+// or nil, after removing the expired ones ahead of it with their notices and
+// the unreadable ones, which nobody could be served through. Without the
+// queue file open there are none. b.mu must be held.
 func (b *BoltDB) durableHeadLocked(key string) (*storedEntry, error) {
 	if b.qdb == nil {
 		return nil, nil
@@ -51,13 +53,16 @@ func (b *BoltDB) durableHeadLocked(key string) (*storedEntry, error) {
 	now := time.Now()
 	var head *storedEntry
 	var expired []*storedEntry
+	var unreadable [][]byte
 	err := b.qdb.View(func(tx *bolt.Tx) error {
 		prefix := entryPrefix(key)
 		c := tx.Bucket(entriesBucket).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			e, err := decodeEntry(k, v)
 			if err != nil {
-				return err
+				b.logger.Err("dropping %s", err)
+				unreadable = append(unreadable, bytes.Clone(k))
+				continue
 			}
 			if !e.expired(now) {
 				head = e
@@ -67,13 +72,18 @@ func (b *BoltDB) durableHeadLocked(key string) (*storedEntry, error) {
 		}
 		return nil
 	})
-	if err != nil || len(expired) == 0 {
+	if err != nil || len(expired)+len(unreadable) == 0 {
 		return head, err
 	}
 	err = b.qdb.Update(func(tx *bolt.Tx) error {
+		for _, k := range unreadable {
+			if err := tx.Bucket(entriesBucket).Delete(k); err != nil {
+				return err
+			}
+		}
 		return expireEntries(tx, expired, now)
 	})
-	if err == nil {
+	if err == nil && len(expired) > 0 {
 		b.announceLocked()
 	}
 	return head, err
@@ -94,6 +104,14 @@ func expireEntries(tx *bolt.Tx, expired []*storedEntry, now time.Time) error {
 
 // handToEntryLocked gives the free lock to a durable entry. b.mu must be
 // held.
+//
+// One hand-over serves one request. A waiter of the entry's pull (a queued
+// pull planning again) waits through the entry: it takes the lock the
+// entry is handed, in this same step, as a request of its own, so the
+// entry's notice names a holding that no longer holds the lock and the
+// queue worker does not re-plan what the waiter's plan runs. A crash
+// between the notice and the waiter's record loses the waiter with the
+// process, and the notice, naming the holding, re-plans.
 func (b *BoltDB) handToEntryLocked(key string, e *storedEntry) (bool, error) {
 	acquired, _, err := b.legacy.TryLock(e.Lock)
 	if err != nil {
@@ -107,6 +125,14 @@ func (b *BoltDB) handToEntryLocked(key string, e *storedEntry) (bool, error) {
 	// entry and writes its transferred notice.
 	if _, err := b.settleLocked(e.Lock); err != nil {
 		return true, fmt.Errorf("lock %q handed to pull %d, its queue entry left for the next sweep: %w", key, e.Lock.Pull.Num, err)
+	}
+	q := b.queues[key]
+	if w := q.ofPull(e.Lock); w != nil {
+		q.remove(w)
+		b.dropEmpty(key)
+		w.handed = true
+		w.granted <- e.Lock
+		return true, b.takenByPullLocked(key, e.Lock)
 	}
 	return true, nil
 }

@@ -108,7 +108,8 @@ func (b *BoltDB) ClaimNotices(_ context.Context, lease time.Duration, max int) (
 	var due [][]byte
 	err = qdb.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(dueBucket).Cursor()
-		for k, _ := c.First(); k != nil && len(due) < max && decodeScore(k[:8]) <= now.UnixMicro(); k, _ = c.Next() {
+		// A key too short for a due time is claimed, to be dropped below.
+		for k, _ := c.First(); k != nil && len(due) < max && (len(k) < 8 || decodeScore(k[:8]) <= now.UnixMicro()); k, _ = c.Next() {
 			due = append(due, bytes.Clone(k))
 		}
 		return nil
@@ -121,16 +122,23 @@ func (b *BoltDB) ClaimNotices(_ context.Context, lease time.Duration, max int) (
 	err = qdb.Update(func(tx *bolt.Tx) error {
 		out = out[:0]
 		for _, k := range due {
-			id := string(k[8:])
-			n, err := getNotice(tx, id)
+			var n *storedNotice
+			var err error
+			id := ""
+			if len(k) >= 8 {
+				id = string(k[8:])
+				n, err = getNotice(tx, id)
+			}
 			if n == nil || err != nil {
 				// Unreadable: nobody could deliver it. Say so and drop it
 				// rather than claim it forever.
 				if err != nil {
 					b.logger.Err("dropping %s", err)
 				}
-				if err := tx.Bucket(outboxBucket).Delete([]byte(id)); err != nil {
-					return err
+				if id != "" {
+					if err := tx.Bucket(outboxBucket).Delete([]byte(id)); err != nil {
+						return err
+					}
 				}
 				if err := tx.Bucket(dueBucket).Delete(k); err != nil {
 					return err
@@ -185,16 +193,26 @@ func (b *BoltDB) announceLocked() {
 	}
 }
 
+// RenewNotice implements enhanced.QueueBackend.
+func (b *BoltDB) RenewNotice(_ context.Context, n enhanced.QueueNotice, lease time.Duration) error {
+	return b.renewNotice(n, "", lease)
+}
+
 // MarkNotice implements enhanced.QueueBackend.
 func (b *BoltDB) MarkNotice(_ context.Context, n enhanced.QueueNotice, step enhanced.NoticeStep, lease time.Duration) error {
 	if step == "" {
 		return fmt.Errorf("marking queue notice %q: no step given", n.ID)
 	}
+	return b.renewNotice(n, step, lease)
+}
+
+// renewNotice renews n's lease, recording step unless it is empty.
+func (b *BoltDB) renewNotice(n enhanced.QueueNotice, step enhanced.NoticeStep, lease time.Duration) error {
 	return b.updateClaimed(n, func(tx *bolt.Tx, stored *storedNotice) error {
 		if err := tx.Bucket(dueBucket).Delete(dueKey(stored.Due, n.ID)); err != nil {
 			return err
 		}
-		if !slices.Contains(stored.Done, step) {
+		if step != "" && !slices.Contains(stored.Done, step) {
 			stored.Done = append(stored.Done, step)
 		}
 		stored.Due = time.Now().Add(lease).UnixMicro()

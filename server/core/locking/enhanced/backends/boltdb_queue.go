@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -22,7 +23,13 @@ var _ enhanced.QueueBackend = (*BoltDB)(nil)
 // the durable entries, in the queue file (boltdb_queuefile.go). Both sort by
 // arrival minus headstart, in microseconds; a tie goes to the durable entry.
 // A release serves whichever head comes first (boltdb_handoff.go), and every
-// read below merges the two, so a position counts both kinds.
+// read below merges the two into the lock's line.
+//
+// A pull has one place in the line: a waiter of a pull that has an
+// unexpired entry for the lock (a queued pull planning again) waits through
+// that entry, whose hand-over it takes, so the line lists the entry alone.
+// An expired entry waits for nothing: the line leaves it out until the next
+// release or sweep removes it, and the pull's next Enqueue replaces it.
 
 // localWaiter is one TryLockWithTimeout call of the BoltDB backend.
 type localWaiter struct {
@@ -99,6 +106,19 @@ func (q *localQueue) head() *localWaiter {
 	return (*q)[0]
 }
 
+// ofPull is the first waiter of lock's pull, or nil.
+func (q *localQueue) ofPull(lock models.ProjectLock) *localWaiter {
+	if q == nil {
+		return nil
+	}
+	for _, w := range *q {
+		if samePull(w.lock, lock) {
+			return w
+		}
+	}
+	return nil
+}
+
 // Enqueue implements enhanced.QueueBackend.
 func (b *BoltDB) Enqueue(_ context.Context, req enhanced.QueueRequest) (enhanced.EnqueueResult, error) {
 	key := models.GenerateLockKey(req.Lock.Project, req.Lock.Workspace)
@@ -130,12 +150,22 @@ func (b *BoltDB) Enqueue(_ context.Context, req enhanced.QueueRequest) (enhanced
 		if err != nil {
 			return err
 		}
+		now := time.Now().Round(0)
+		if e != nil && e.expired(now) {
+			// Expired, not yet swept: this request replaces it, a new
+			// arrival. It leaves without an expiry notice, whose comment
+			// would tell the pull to plan again as it just did, beside the
+			// comment of its new place.
+			if err := deleteEntry(tx, e); err != nil {
+				return err
+			}
+			e = nil
+		}
 		if e == nil {
 			seq, err := tx.Bucket(entriesBucket).NextSequence()
 			if err != nil {
 				return err
 			}
-			now := time.Now().Round(0)
 			e = &storedEntry{
 				key:   entryKey(key, now.UnixMicro()-req.Headstart.Microseconds(), seq),
 				Token: newToken(), Lock: req.Lock, Priority: req.Priority, Enqueued: now, Expires: now.Add(req.Timeout),
@@ -145,7 +175,7 @@ func (b *BoltDB) Enqueue(_ context.Context, req enhanced.QueueRequest) (enhanced
 			}
 			res.Joined = true
 		}
-		res.Entry = e.entry(b.positionLocked(tx, e))
+		res.Entry = e.entry(b.positionLocked(tx, e, now))
 		return nil
 	})
 	if err != nil {
@@ -159,20 +189,30 @@ func samePull(a, b models.ProjectLock) bool {
 	return baseRepo(a) == baseRepo(b) && a.Pull.Num == b.Pull.Num
 }
 
-// positionLocked is e's place in its lock's queue, counting the waiters of
-// this process ahead of it: O(position). b.mu must be held.
-func (b *BoltDB) positionLocked(tx *bolt.Tx, e *storedEntry) int {
+// positionLocked is the place in its lock's line of e, which waits: the
+// members of the line ahead of it, plus one. It walks the expiries of the
+// entries ahead, which share their keys, O(position). b.mu must be held.
+func (b *BoltDB) positionLocked(tx *bolt.Tx, e *storedEntry, now time.Time) int {
 	position := 1
 	for _, w := range b.localWaiters(e.lockKey()) {
-		if w.before(e) {
+		if w.before(e) && !b.waitsThroughEntry(tx, w, now) {
 			position++
 		}
 	}
-	c := tx.Bucket(entriesBucket).Cursor()
-	for k, _ := c.Seek(entryPrefix(e.lockKey())); k != nil && bytes.Compare(k, e.key) < 0; k, _ = c.Next() {
-		position++
+	c := tx.Bucket(expiriesBucket).Cursor()
+	for k, v := c.Seek(entryPrefix(e.lockKey())); k != nil && bytes.Compare(k, e.key) < 0; k, v = c.Next() {
+		if decodeScore(v) >= now.UnixMicro() {
+			position++
+		}
 	}
 	return position
+}
+
+// waitsThroughEntry says whether w's pull has an entry for w's lock that
+// has not expired, through which w waits.
+func (b *BoltDB) waitsThroughEntry(tx *bolt.Tx, w *localWaiter, now time.Time) bool {
+	ek := tx.Bucket(pullsBucket).Get(pullKeyOf(w.lock))
+	return ek != nil && tx.Bucket(entriesBucket).Get(ek) != nil && waitsAt(tx, ek, now)
 }
 
 func (b *BoltDB) localWaiters(key string) localQueue {
@@ -182,10 +222,24 @@ func (b *BoltDB) localWaiters(key string) localQueue {
 	return nil
 }
 
-// mergedLocked is a lock's whole queue, head first: its waiters in this
-// process and its durable entries, in one order. b.mu must be held.
-func (b *BoltDB) mergedLocked(key string, durable []*storedEntry) []enhanced.QueueEntry {
-	local := b.localWaiters(key)
+// lineLocked is a lock's line, head first: its waiters in this process and
+// its durable entries, in one order, without the expired entries and the
+// waiters that wait through their pull's entry. b.mu must be held.
+func (b *BoltDB) lineLocked(key string, all []*storedEntry, now time.Time) []enhanced.QueueEntry {
+	durable := make([]*storedEntry, 0, len(all))
+	queued := map[string]bool{}
+	for _, e := range all {
+		if !e.expired(now) {
+			durable = append(durable, e)
+			queued[pullID(baseRepo(e.Lock), e.Lock.Pull.Num)] = true
+		}
+	}
+	var local localQueue
+	for _, w := range b.localWaiters(key) {
+		if !queued[pullID(baseRepo(w.lock), w.lock.Pull.Num)] {
+			local = append(local, w)
+		}
+	}
 	out := make([]enhanced.QueueEntry, 0, len(local)+len(durable))
 	for len(local) > 0 || len(durable) > 0 {
 		if len(local) > 0 && (len(durable) == 0 || local[0].before(durable[0])) {
@@ -226,12 +280,11 @@ func leaveQueue(tx *bolt.Tx, pk []byte) (bool, error) {
 	if ek == nil {
 		return false, nil
 	}
-	entries := tx.Bucket(entriesBucket)
-	existed := entries.Get(ek) != nil
-	if err := entries.Delete(bytes.Clone(ek)); err != nil {
+	existed := tx.Bucket(entriesBucket).Get(ek) != nil
+	if err := dropEntryKey(tx, ek); err != nil {
 		return false, err
 	}
-	return existed, pulls.Delete(pk)
+	return existed, pulls.Delete(bytes.Clone(pk))
 }
 
 // LeaveQueues implements enhanced.QueueBackend.
@@ -249,8 +302,15 @@ func (b *BoltDB) LeaveQueues(_ context.Context, repoFullName string, pullNum int
 		if entries, err = b.pullEntriesLocked(tx, repoFullName, pullNum); err != nil {
 			return err
 		}
-		for _, e := range entries {
-			if _, err := leaveQueue(tx, pullKey(repoFullName, pullNum, models.GenerateLockKey(e.Lock.Project, e.Lock.Workspace))); err != nil {
+		// Every entry leaves, the expired ones too, which were not waiting.
+		prefix := pullPrefix(repoFullName, pullNum)
+		var keys [][]byte
+		c := tx.Bucket(pullsBucket).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k))
+		}
+		for _, pk := range keys {
+			if _, err := leaveQueue(tx, pk); err != nil {
 				return err
 			}
 		}
@@ -275,10 +335,11 @@ func (b *BoltDB) PullEntries(_ context.Context, repoFullName string, pullNum int
 	return entries, queueErr(fmt.Sprintf("reading the queue entries of pull %s", pullID(repoFullName, pullNum)), err)
 }
 
-// pullEntriesLocked reads the pull's entries, in lock key order, each with
-// its position. b.mu must be held.
+// pullEntriesLocked reads the pull's entries that wait, in lock key order,
+// each with its position. b.mu must be held.
 func (b *BoltDB) pullEntriesLocked(tx *bolt.Tx, repoFullName string, pullNum int) ([]enhanced.QueueEntry, error) {
 	prefix := pullPrefix(repoFullName, pullNum)
+	now := time.Now()
 	var out []enhanced.QueueEntry
 	c := tx.Bucket(pullsBucket).Cursor()
 	for k, ek := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, ek = c.Next() {
@@ -286,8 +347,8 @@ func (b *BoltDB) pullEntriesLocked(tx *bolt.Tx, repoFullName string, pullNum int
 		if err != nil {
 			return nil, err
 		}
-		if e != nil {
-			out = append(out, e.entry(b.positionLocked(tx, e)))
+		if e != nil && !e.expired(now) {
+			out = append(out, e.entry(b.positionLocked(tx, e, now)))
 		}
 	}
 	return out, nil
@@ -304,9 +365,12 @@ func (b *BoltDB) Queue(_ context.Context, project models.Project, workspace stri
 		if err != nil {
 			return err
 		}
-		q.Entries = b.mergedLocked(key, durable)
-		q.Holder, err = b.legacy.GetLock(project, workspace)
-		return err
+		q.Entries = b.lineLocked(key, durable, time.Now())
+		if q.Holder, err = b.legacy.GetLock(project, workspace); err != nil {
+			return err
+		}
+		q.HolderID = holderID(tx, key, q.Holder)
+		return nil
 	})
 	if err != nil {
 		return enhanced.LockQueue{}, queueErr(fmt.Sprintf("reading the queue of lock %q", key), err)
@@ -314,11 +378,12 @@ func (b *BoltDB) Queue(_ context.Context, project models.Project, workspace stri
 	return q, nil
 }
 
-// Queues implements enhanced.QueueBackend: the locks with durable entries,
-// in lock key order.
+// Queues implements enhanced.QueueBackend: the locks with durable entries
+// that wait, in lock key order.
 func (b *BoltDB) Queues(_ context.Context) ([]enhanced.LockQueue, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	now := time.Now()
 	var out []enhanced.LockQueue
 	err := b.viewLocked(func(tx *bolt.Tx) error {
 		for _, key := range queuedLockKeys(tx) {
@@ -326,12 +391,17 @@ func (b *BoltDB) Queues(_ context.Context) ([]enhanced.LockQueue, error) {
 			if err != nil {
 				return err
 			}
+			line := b.lineLocked(key, durable, now)
+			if !slices.ContainsFunc(line, func(e enhanced.QueueEntry) bool { return !e.Synchronous }) {
+				continue
+			}
 			lock := durable[0].Lock
 			holder, err := b.legacy.GetLock(lock.Project, lock.Workspace)
 			if err != nil {
 				return fmt.Errorf("reading lock %q: %w", key, err)
 			}
-			out = append(out, enhanced.LockQueue{Project: lock.Project, Workspace: lock.Workspace, Holder: holder, Entries: b.mergedLocked(key, durable)})
+			out = append(out, enhanced.LockQueue{Project: lock.Project, Workspace: lock.Workspace, Holder: holder,
+				HolderID: holderID(tx, key, holder), Entries: line})
 		}
 		return nil
 	})

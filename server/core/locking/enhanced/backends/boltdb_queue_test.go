@@ -110,6 +110,27 @@ func TestBoltDBQueueRepairsACrashBetweenTheTwoFiles(t *testing.T) {
 			wantNotice: enhanced.NoticeTransferred,
 		},
 		{
+			// The lock is the entry's until the waiting plan's record: that
+			// plan died with the process, so the notice re-plans.
+			name:    "hand-over to a queued pull whose plan waits: lock handed, queue file not written",
+			timeout: time.Hour,
+			crash: func(t *testing.T, b *BoltDB, _ *legacydb.Guarded) {
+				waited := make(chan struct{})
+				go func() {
+					defer close(waited)
+					_, _, _ = b.TryLockWithTimeout(ctx, enhancedtest.Request(replanned(queued)), time.Minute)
+				}()
+				enhancedtest.AwaitQueue(t, b, holder, 2)
+				crashAfter(t, b, func() {
+					_, err := b.Unlock(ctx, holder.Project, holder.Workspace)
+					Ok(t, err)
+				})
+				<-waited
+			},
+			wantHolder: queued,
+			wantNotice: enhanced.NoticeTransferred,
+		},
+		{
 			name:    "pull's own TryLock: lock taken, entry not yet removed",
 			timeout: time.Hour,
 			crash: func(t *testing.T, b *BoltDB, legacy *legacydb.Guarded) {
@@ -154,6 +175,9 @@ func TestBoltDBQueueRepairsACrashBetweenTheTwoFiles(t *testing.T) {
 			q, err := b.Queue(ctx, holder.Project, holder.Workspace)
 			Ok(t, err)
 			Equals(t, 0, len(q.Entries))
+			if c.wantNotice == enhanced.NoticeTransferred {
+				Equals(t, joined.Entry.ID, q.HolderID)
+			}
 
 			// Opened again, as after a second restart: nothing more.
 			Ok(t, b.Close())

@@ -22,7 +22,9 @@ import (
 // keeps the durable queues and the outbox:
 //
 //	entries  lock key 0x00 score 8 bytes seq 8 bytes -> storedEntry as JSON
+//	expiries that entry's key -> its expiry, unix microseconds, 8 bytes
 //	pulls    pull id 0x00 lock key -> that entry's key in entries
+//	holders  lock key -> storedHolding as JSON (boltdb_queue_holder.go)
 //	outbox   notice id -> storedNotice as JSON
 //	due      due time 8 bytes notice id -> nothing
 //
@@ -35,15 +37,19 @@ import (
 // prefix ending in 0x00 holds exactly one lock's or one pull's keys, and
 // entries sort by lock key first.
 //
-// The pulls index is written in the transaction that writes or deletes its
-// entry, so the two always agree. Every write to the file is made under the
+// The pulls and expiries indexes are written in the transaction that writes
+// or deletes their entry, so they always agree with it. The expiries let a
+// position be counted without decoding the entries ahead, of which the
+// expired ones do not count. Every write to the file is made under the
 // backend's mutex, which also orders it with the writes to atlantis.db that
 // the two files cannot share a transaction for (see boltdb_settle.go).
 var (
-	entriesBucket = []byte("entries")
-	pullsBucket   = []byte("pulls")
-	outboxBucket  = []byte("outbox")
-	dueBucket     = []byte("due")
+	entriesBucket  = []byte("entries")
+	expiriesBucket = []byte("expiries")
+	pullsBucket    = []byte("pulls")
+	holdersBucket  = []byte("holders")
+	outboxBucket   = []byte("outbox")
+	dueBucket      = []byte("due")
 )
 
 // queueFileLockTimeout is how long OpenQueues waits for another process to
@@ -71,12 +77,12 @@ func (b *BoltDB) OpenQueues(path string) error {
 		return fmt.Errorf("opening the lock queue file %s: %w", path, err)
 	}
 	err = qdb.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{entriesBucket, pullsBucket, outboxBucket, dueBucket} {
+		for _, name := range [][]byte{entriesBucket, expiriesBucket, pullsBucket, holdersBucket, outboxBucket, dueBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %q: %w", name, err)
 			}
 		}
-		return nil
+		return indexExpiries(tx)
 	})
 	if err != nil {
 		_ = qdb.Close()
@@ -168,6 +174,37 @@ func (e storedEntry) expired(now time.Time) bool {
 	return e.Expires.Before(now)
 }
 
+// indexExpiries writes the expiries index of the entries a queue file
+// written before it existed holds; of the others, it reads only the keys.
+func indexExpiries(tx *bolt.Tx) error {
+	expiries := tx.Bucket(expiriesBucket)
+	c := tx.Bucket(entriesBucket).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if expiries.Get(k) != nil {
+			continue
+		}
+		e, err := decodeEntry(k, v)
+		if err != nil {
+			continue // the next sweep drops it
+		}
+		if err := expiries.Put(e.key, expiryValue(e.Expires)); err != nil {
+			return fmt.Errorf("indexing the expiry of a queue entry for lock %q: %w", e.lockKey(), err)
+		}
+	}
+	return nil
+}
+
+func expiryValue(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(nil, encodeScore(t.UnixMicro()))
+}
+
+// waitsAt says whether the entry stored at key has not expired by now, from
+// the expiries index alone.
+func waitsAt(tx *bolt.Tx, key []byte, now time.Time) bool {
+	v := tx.Bucket(expiriesBucket).Get(key)
+	return v == nil || decodeScore(v) >= now.UnixMicro()
+}
+
 // checkKeyPart refuses a lock key or repo name with a 0x00 byte, which
 // would let one lock's key prefix hold another's.
 func checkKeyPart(what, s string) error {
@@ -229,12 +266,29 @@ func getEntry(tx *bolt.Tx, key []byte) (*storedEntry, error) {
 	return decodeEntry(key, v)
 }
 
+// decodeEntry reads an entries bucket pair. A key not of the layout above, or
+// a value that is not an entry of the lock its key names (a damaged file,
+// another writer), is corrupt: no release can serve it, and a release skips
+// it (durableHeadLocked) as the sweep drops it (expireLocked).
 func decodeEntry(key, value []byte) (*storedEntry, error) {
+	lockKey := lockKeyOf(key)
+	if len(key) != len(lockKey)+17 {
+		return nil, corruptEntryError(lockKey, fmt.Errorf("an entry key of %d bytes", len(key)))
+	}
 	e := &storedEntry{key: bytes.Clone(key)}
 	if err := json.Unmarshal(value, e); err != nil {
-		return nil, corruptLockError(lockKeyOf(key), fmt.Errorf("queue entry: %w", err))
+		return nil, corruptEntryError(lockKey, err)
+	}
+	if e.Token == "" || e.lockKey() != lockKey {
+		return nil, corruptEntryError(lockKey, fmt.Errorf("entry %q is for lock %q", e.Token, e.lockKey()))
 	}
 	return e, nil
+}
+
+// corruptEntryError reports an entry of the queue file that cannot be read.
+func corruptEntryError(lockKey string, cause error) error {
+	return fmt.Errorf("failed to deserialize queue entry: %w (%v; an entry for lock %q in the lock queue file: "+
+		"the next sweep drops it, and its pull queues again when it plans)", enhanced.ErrCorruptLock, cause, lockKey)
 }
 
 // pullEntry reads the entry of the pull for lockKey, or nil.
@@ -243,7 +297,12 @@ func pullEntry(tx *bolt.Tx, repoFullName string, pullNum int, lockKey string) (*
 	if key == nil {
 		return nil, nil
 	}
-	return getEntry(tx, key)
+	e, err := getEntry(tx, key)
+	if e != nil && (baseRepo(e.Lock) != repoFullName || e.Lock.Pull.Num != pullNum || e.lockKey() != lockKey) {
+		// A damaged index names another pull's entry: this pull has none.
+		return nil, nil
+	}
+	return e, err
 }
 
 func putEntry(tx *bolt.Tx, e *storedEntry) error {
@@ -257,16 +316,32 @@ func putEntry(tx *bolt.Tx, e *storedEntry) error {
 	if err := tx.Bucket(pullsBucket).Put(pullKeyOf(e.Lock), e.key); err != nil {
 		return fmt.Errorf("indexing queue entry for lock %q: %w", e.lockKey(), err)
 	}
+	if err := tx.Bucket(expiriesBucket).Put(e.key, expiryValue(e.Expires)); err != nil {
+		return fmt.Errorf("indexing the expiry of queue entry for lock %q: %w", e.lockKey(), err)
+	}
 	return nil
 }
 
-// deleteEntry removes an entry and its pull index key.
+// deleteEntry removes an entry and its index keys.
 func deleteEntry(tx *bolt.Tx, e *storedEntry) error {
-	if err := tx.Bucket(entriesBucket).Delete(e.key); err != nil {
-		return fmt.Errorf("removing queue entry for lock %q: %w", lockKeyOf(e.key), err)
+	if err := dropEntryKey(tx, e.key); err != nil {
+		return err
 	}
 	if err := tx.Bucket(pullsBucket).Delete(pullKeyOf(e.Lock)); err != nil {
 		return fmt.Errorf("unindexing queue entry for lock %q: %w", lockKeyOf(e.key), err)
+	}
+	return nil
+}
+
+// dropEntryKey removes the entry stored at key and its expiry, leaving its
+// pull index key to the caller.
+func dropEntryKey(tx *bolt.Tx, key []byte) error {
+	key = bytes.Clone(key)
+	if err := tx.Bucket(entriesBucket).Delete(key); err != nil {
+		return fmt.Errorf("removing queue entry for lock %q: %w", lockKeyOf(key), err)
+	}
+	if err := tx.Bucket(expiriesBucket).Delete(key); err != nil {
+		return fmt.Errorf("unindexing the expiry of queue entry for lock %q: %w", lockKeyOf(key), err)
 	}
 	return nil
 }

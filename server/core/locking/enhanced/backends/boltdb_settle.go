@@ -66,10 +66,13 @@ func (b *BoltDB) settleLocked(holder models.ProjectLock) (bool, error) {
 		if err := deleteEntry(tx, e); err != nil {
 			return err
 		}
-		if transferred {
-			return putNotice(tx, enhanced.NoticeTransferred, e, time.Now())
+		if !transferred {
+			return nil
 		}
-		return nil
+		if err := putHolding(tx, key, storedHolding{ID: e.Token, Lock: holder}); err != nil {
+			return err
+		}
+		return putNotice(tx, enhanced.NoticeTransferred, e, time.Now())
 	})
 	if err == nil && transferred {
 		b.announceLocked()
@@ -171,7 +174,7 @@ func (b *BoltDB) expireLocked() (int, error) {
 	}
 	err = b.qdb.Update(func(tx *bolt.Tx) error {
 		for _, k := range unreadable {
-			if err := tx.Bucket(entriesBucket).Delete(k); err != nil {
+			if err := dropEntryKey(tx, k); err != nil {
 				return err
 			}
 		}

@@ -103,7 +103,7 @@ func mustLockBolt(t testing.TB, b *BoltDB, lock models.ProjectLock) {
 func TestBoltDBReadsSurviveConcurrentWrites(t *testing.T) {
 	ctx := context.Background()
 	raw := newUpstreamBoltDB(t)
-	guarded, err := legacydb.Guard(raw)
+	guarded, err := legacydb.Guard(raw, legacydb.Options{})
 	Ok(t, err)
 	b := NewBoltDB(guarded, nil)
 	// Many held locks make each of upstream's List calls decode for long

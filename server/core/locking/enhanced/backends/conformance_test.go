@@ -102,7 +102,7 @@ func newUpstreamBoltDB(t testing.TB) *boltdb.BoltDB {
 // around it.
 func guardedBoltDB(t testing.TB) *legacydb.Guarded {
 	t.Helper()
-	g, err := legacydb.Guard(newUpstreamBoltDB(t))
+	g, err := legacydb.Guard(newUpstreamBoltDB(t), legacydb.Options{})
 	Ok(t, err)
 	return g
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
+	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/legacydb"
 )
 
 const defaultWaiterTTL = 15 * time.Second
@@ -65,6 +67,7 @@ type Redis struct {
 	waiterTTL   time.Duration
 	logger      logging.SimpleLogging
 	nonEnhanced *nonEnhancedWrites
+	undecodable *legacydb.UndecodableLocks
 	// noReleaseTimes is RedisOptions.NoReleaseTimes.
 	noReleaseTimes bool
 	// setGetRefused is set once Redis refused SET with both NX and GET
@@ -108,6 +111,7 @@ func NewRedis(client redis.UniversalClient, opts RedisOptions) (*Redis, error) {
 		waiterTTL:      opts.WaiterTTL,
 		logger:         opts.Logger,
 		nonEnhanced:    newNonEnhancedWrites(opts.Logger, opts.Scope),
+		undecodable:    legacydb.NewUndecodableLocks(opts.Logger, opts.Scope),
 		noReleaseTimes: opts.NoReleaseTimes,
 		closed:         make(chan struct{}),
 	}, nil
@@ -181,17 +185,19 @@ func (r *Redis) adopt(ctx context.Context, k lockKeys, lock models.ProjectLock, 
 // Unlock releases the lock whoever holds it, handing it to the next waiter,
 // and returns the released lock, or nil if there was none.
 func (r *Redis) Unlock(ctx context.Context, project models.Project, workspace string) (*models.ProjectLock, error) {
-	return r.release(ctx, r.keys.forProject(project, workspace), "")
+	return r.release(ctx, r.keys.forProject(project, workspace), "", models.ProjectLock{Project: project, Workspace: workspace})
 }
 
 // UnlockIfOwnedByPull is Unlock when pull pullNum holds the lock, else nil.
 func (r *Redis) UnlockIfOwnedByPull(ctx context.Context, project models.Project, workspace string, pullNum int) (*models.ProjectLock, error) {
-	return r.release(ctx, r.keys.forProject(project, workspace), strconv.Itoa(pullNum))
+	known := models.ProjectLock{Project: project, Workspace: workspace, Pull: models.PullRequest{Num: pullNum}}
+	return r.release(ctx, r.keys.forProject(project, workspace), strconv.Itoa(pullNum), known)
 }
 
 // release runs one release call. A call whose reply was lost is repeated
-// with the same call id, which answers what the first run did.
-func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.ProjectLock, error) {
+// with the same call id, which answers what the first run did. known is what
+// the caller knows of the lock (see releasedLock).
+func (r *Redis) release(ctx context.Context, k lockKeys, pull string, known models.ProjectLock) (*models.ProjectLock, error) {
 	call := r.releaseCall(k, pull, "")
 	cmd := runAll(ctx, r.client, []scriptCall{call})[0]
 	if err := cmd.Err(); err != nil && isUnavailable(err) && outcomeUnknown(err) {
@@ -199,7 +205,7 @@ func (r *Redis) release(ctx context.Context, k lockKeys, pull string) (*models.P
 		cmd = runAll(resolveCtx, r.client, []scriptCall{call})[0]
 		cancel()
 	}
-	return r.releasedLock(k, cmd)
+	return r.releasedLock(k, cmd, known)
 }
 
 // releaseCall releases k if pull holds it (any holder when pull is ""); with
@@ -223,7 +229,11 @@ func stillQueued(cmd *redis.Cmd) bool {
 	return flag == 1
 }
 
-func (r *Redis) releasedLock(k lockKeys, cmd *redis.Cmd) (*models.ProjectLock, error) {
+// releasedLock reads a release call's reply. A lock the call released is
+// reported released even when its value cannot be decoded (a release by key
+// frees a corrupt lock, see lua/helpers.lua): as known, what the caller knows
+// of it, and the value it had is logged.
+func (r *Redis) releasedLock(k lockKeys, cmd *redis.Cmd, known models.ProjectLock) (*models.ProjectLock, error) {
 	reply, err := parseReply(cmd)
 	if err != nil {
 		return nil, redisError(fmt.Sprintf("unlocking %q", k.lock), err)
@@ -232,7 +242,9 @@ func (r *Redis) releasedLock(k lockKeys, cmd *redis.Cmd) (*models.ProjectLock, e
 	case statusYes:
 		lock, err := r.decodeLock(k.lock, reply.value)
 		if err != nil {
-			return nil, err
+			r.logger.Warn("released lock %q, whose stored value Atlantis cannot read, so no pull is told: %s; it was %s",
+				k.lock, errors.Unwrap(err), quoteValue(reply.value))
+			return &known, nil
 		}
 		return &lock, nil
 	case statusCorrupt:
@@ -265,7 +277,7 @@ func (r *Redis) QueueLength(ctx context.Context, project models.Project, workspa
 	k := r.keys.forProject(project, workspace)
 	n, err := r.client.ZCard(ctx, k.queue).Result()
 	if err != nil {
-		return 0, redisError(fmt.Sprintf("reading waiters of %q", k.lock), err)
+		return 0, redisError(fmt.Sprintf("reading waiters of %q at key %q", k.lock, k.queue), err)
 	}
 	return int(n), nil
 }
@@ -340,6 +352,16 @@ func (r *Redis) indexInBackground(key string, lock models.ProjectLock) {
 			r.logger.Warn("%s", err)
 		}
 	}()
+}
+
+// quoteValue quotes a stored value for a log line, cut to a length a log
+// line can carry.
+func quoteValue(v string) string {
+	const max = 512
+	if len(v) <= max {
+		return strconv.Quote(v)
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(v[:max]), len(v))
 }
 
 // baseRepo is the repo a lock's pull belongs to, which with the pull number

@@ -95,14 +95,14 @@ func (r *Redis) indexWrites(ctx context.Context, p redis.Pipeliner, k lockKeys, 
 }
 
 func (r *Redis) writeIndexes(ctx context.Context, k lockKeys, pullIndex string) error {
-	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, pullIndex, k.lock)
 		p.SAdd(ctx, k.shard, k.lock)
 		p.SAdd(ctx, r.keys.shards(), k.shard)
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("indexing lock %q: %w", k.lock, err)
+		return fmt.Errorf("indexing lock %q: %w", k.lock, failedKey(cmds, err))
 	}
 	return nil
 }

@@ -79,12 +79,18 @@ func (r *Redis) CommandLeases(ctx context.Context) ([]enhanced.CommandLease, err
 			cmds[i] = p.HMGet(ctx, k, "token", "replica", "command", "since", "repo", "pull")
 		}
 		return nil
-	}); err != nil && err != redis.Nil {
+	}); err != nil && err != redis.Nil && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, redisError("reading the command leases", err)
 	}
 	var leases []enhanced.CommandLease
 	var gone []any
 	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			// Not a lease: listing the others matters more. Taking that
+			// pull's lease reports the key.
+			r.logger.Warn("listing the command leases: %s", redisError(fmt.Sprintf("reading key %q", keys[i]), err))
+			continue
+		}
 		v := cmd.Val()
 		if len(v) != 6 || v[0] == nil {
 			gone = append(gone, keys[i])

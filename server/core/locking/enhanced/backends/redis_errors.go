@@ -37,14 +37,22 @@ var unavailableReplies = []string{
 // so callers fail closed with a message that says so, and those after which a
 // command may have run without its reply arriving also match
 // enhanced.ErrOutcomeUnknown. A reply refusing the command itself (a script
-// error, WRONGTYPE) matches neither.
+// error) matches neither; one refusing a stored value (a script's CORRUPT, a
+// key of another Redis type) matches enhanced.ErrCorruptLock.
 func redisError(op string, err error) error {
+	if corrupt := corruptScriptError(err); corrupt != nil {
+		return corrupt
+	}
 	var marks []error
 	if isUnavailable(err) {
 		marks = append(marks, enhanced.ErrBackendUnavailable)
 		if outcomeUnknown(err) {
 			marks = append(marks, enhanced.ErrOutcomeUnknown)
 		}
+	}
+	if redis.HasErrorPrefix(err, "WRONGTYPE") {
+		marks = append(marks, enhanced.ErrCorruptLock)
+		op += ": " + wrongTypeFix
 	}
 	return fmt.Errorf("%s: %w (redis: %s)", upstreamTxFailed, markedError{err, marks}, op)
 }
@@ -93,11 +101,52 @@ func outcomeUnknown(err error) bool {
 	return true
 }
 
+// failedKey is the error of the first of cmds that failed, naming its key,
+// or err, a pipeline's own error, when none did: an operator then knows
+// which key refused the command.
+func failedKey(cmds []redis.Cmder, err error) error {
+	for _, cmd := range cmds {
+		if cerr := cmd.Err(); cerr != nil && !errors.Is(cerr, redis.Nil) && len(cmd.Args()) > 1 {
+			return fmt.Errorf("key %q: %w", fmt.Sprint(cmd.Args()[1]), cerr)
+		}
+	}
+	return err
+}
+
 // corruptLockError names the key so an operator can find the value. The
 // value is left in place: overwriting it could grant a lock a pull holds.
 func corruptLockError(key string, cause error) error {
-	return fmt.Errorf("failed to deserialize current lock: %w (%v; redis key %q: inspect it with redis-cli GET and, "+
-		"once you know which pull holds it, delete it with redis-cli DEL)", enhanced.ErrCorruptLock, cause, key)
+	return corruptValueError(key, cause, "inspect it with redis-cli GET; unlocking it on the locks page frees it, "+
+		"as does redis-cli DEL once you know which pull holds it")
+}
+
+// corruptValueError reports a value at key that is not what Atlantis keeps
+// there, with fix, what to do about it.
+func corruptValueError(key string, cause error, fix string) error {
+	return fmt.Errorf("failed to deserialize current lock: %w (%v; redis key %q: %s)", enhanced.ErrCorruptLock, cause, key, fix)
+}
+
+// wrongTypeFix says what to do about a key of another Redis type.
+const wrongTypeFix = "no Atlantis replica writes that type there: inspect the key with redis-cli TYPE and delete it with redis-cli DEL"
+
+// corruptPrefix starts the error a script raises when a stored value stops
+// it (lua/check.lua): "CORRUPT <what> at key <key>".
+const corruptPrefix = "CORRUPT "
+
+// corruptScriptError is a script's CORRUPT error as enhanced.ErrCorruptLock
+// naming the key and the fix, or nil for any other error.
+func corruptScriptError(err error) error {
+	var reply redis.Error
+	if !errors.As(err, &reply) || !strings.HasPrefix(reply.Error(), corruptPrefix) {
+		return nil
+	}
+	msg := strings.TrimPrefix(reply.Error(), corruptPrefix)
+	// Redis appends where the script failed: " script: <sha>, on @user_script:<line>."
+	if i := strings.LastIndex(msg, " script: "); i >= 0 {
+		msg = msg[:i]
+	}
+	what, key, _ := strings.Cut(msg, " at key ")
+	return corruptValueError(key, errors.New(what), wrongTypeFix)
 }
 
 // errUndecodable is the cause reported when a lock script found a stored value

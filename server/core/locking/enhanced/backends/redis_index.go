@@ -111,20 +111,21 @@ type indexedLock struct {
 }
 
 // listIndexed reads every lock of the global index, in key order, and prunes
-// the entries of locks deleted outside our scripts.
+// the entries of locks deleted outside our scripts. A lock whose value cannot
+// be decoded is reported and left out (legacydb.UndecodableLocks), never pruned.
 func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 	shards, err := r.client.SMembers(ctx, r.keys.shards()).Result()
 	if err != nil {
 		return nil, redisError("listing lock index shards", err)
 	}
 	members := make([]*redis.StringSliceCmd, len(shards))
-	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	if cmds, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, shard := range shards {
 			members[i] = p.SMembers(ctx, shard)
 		}
 		return nil
 	}); err != nil {
-		return nil, redisError("reading lock index", err)
+		return nil, redisError("reading lock index", failedKey(cmds, err))
 	}
 
 	// Every key of a shard is in one slot, so one MGET per shard is valid in
@@ -159,7 +160,8 @@ func (r *Redis) listIndexed(ctx context.Context) ([]indexedLock, error) {
 			}
 			lock, err := r.decodeLock(key, s)
 			if err != nil {
-				return nil, err
+				r.undecodable.Report(key, []byte(s), err)
+				continue
 			}
 			found = append(found, indexedLock{key, lock})
 		}
@@ -205,8 +207,9 @@ func (r *Redis) UnlockByPull(ctx context.Context, repoFullName string, pullNum i
 	var locks []models.ProjectLock
 	var queued []any
 	var errs []error
+	known := models.ProjectLock{Project: models.Project{RepoFullName: repoFullName}, Pull: models.PullRequest{Num: pullNum}}
 	for i, cmd := range runAll(ctx, r.client, calls) {
-		lock, err := r.releasedLock(keys[i], cmd)
+		lock, err := r.releasedLock(keys[i], cmd, known)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -3,9 +3,13 @@ package backends
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/runatlantis/atlantis/server/events/models"
+	"github.com/runatlantis/atlantis/server/logging"
 	. "github.com/runatlantis/atlantis/testing"
+	tally "github.com/uber-go/tally/v4"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/enhancedtest"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
@@ -33,6 +37,36 @@ func TestListPrunesLocksDeletedElsewhere(t *testing.T) {
 	Equals(t, []string{r.keys.forProject(kept.Project, kept.Workspace).lock}, members)
 }
 
+// TestListReportsAnUndecodableLockAndListsTheOthers: a lock value no decoder
+// can read (written by hand, by another tool) is left out of List and
+// reported, once however often List meets it, by a log line naming its key
+// and by the lock_undecodable_total counter; every other lock is listed.
+func TestListReportsAnUndecodableLockAndListsTheOthers(t *testing.T) {
+	ctx := context.Background()
+	client := redistest.Start(t).Client(t)
+	logger := logging.NewNoopLogger(t).WithHistory()
+	scope := tally.NewTestScope("", nil)
+	r := newTestRedis(t, client, RedisOptions{Logger: logger, Scope: scope})
+	first := enhancedtest.NewLock("org/repo", "a", "default", "", 1)
+	corrupt := enhancedtest.NewLock("org/repo", "b", "default", "", 2)
+	last := enhancedtest.NewLock("org/repo", "c", "default", "", 3)
+	for _, l := range []models.ProjectLock{first, corrupt, last} {
+		mustTryLock(t, r, l)
+	}
+	key := r.keys.forProject(corrupt.Project, corrupt.Workspace).lock
+	Ok(t, client.Set(ctx, key, `{"Pull": "not a pull"`, 0).Err())
+
+	for range 2 {
+		listed, err := r.List(ctx)
+		Ok(t, err)
+		Equals(t, 2, len(listed))
+		enhancedtest.EqualLocks(t, first, listed[0])
+		enhancedtest.EqualLocks(t, last, listed[1])
+	}
+	Equals(t, int64(1), scope.Snapshot().Counters()["lock_undecodable_total+"].Value())
+	Equals(t, 1, strings.Count(logger.GetHistory(), key))
+}
+
 // A client retrying a release whose reply it lost gets the first answer
 // again, and does not release the pull that took the lock in between.
 func TestRetriedReleaseDoesNotReleaseTheNextHolder(t *testing.T) {
@@ -43,13 +77,13 @@ func TestRetriedReleaseDoesNotReleaseTheNextHolder(t *testing.T) {
 	k := r.keys.forProject(first.Project, first.Workspace)
 	call := r.releaseCall(k, "", "")
 
-	released, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	released, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0], models.ProjectLock{})
 	Ok(t, err)
 	enhancedtest.EqualLocks(t, first, *released)
 	next := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
 	mustTryLock(t, r, next)
 
-	replayed, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0])
+	replayed, err := r.releasedLock(k, runAll(ctx, r.client, []scriptCall{call})[0], models.ProjectLock{})
 	Ok(t, err)
 	enhancedtest.EqualLocks(t, first, *replayed)
 	got, err := r.GetLock(ctx, next.Project, next.Workspace)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 )
 
@@ -42,7 +44,7 @@ func (r *Redis) ClaimNotices(ctx context.Context, lease time.Duration, max int) 
 				// Unreadable: nobody could deliver it. Say so and drop it
 				// rather than claim it forever.
 				r.logger.Err("dropping queue notice %q: %s", vals[i], err)
-				_ = outboxMarkScript.Run(ctx, r.client, []string{outbox, notes}, vals[i], claim, "", 0).Err()
+				_ = outboxAckScript.Run(ctx, r.client, []string{outbox, notes}, vals[i], claim).Err()
 				continue
 			}
 			notices = append(notices, n)
@@ -76,22 +78,28 @@ func (r *Redis) parseNotice(id, payload, done, claim string) (enhanced.QueueNoti
 	return n, nil
 }
 
+// RenewNotice implements enhanced.QueueBackend.
+func (r *Redis) RenewNotice(ctx context.Context, n enhanced.QueueNotice, lease time.Duration) error {
+	return r.updateNotice(ctx, outboxMarkScript, n, "", lease.Milliseconds())
+}
+
 // MarkNotice implements enhanced.QueueBackend.
 func (r *Redis) MarkNotice(ctx context.Context, n enhanced.QueueNotice, step enhanced.NoticeStep, lease time.Duration) error {
 	if step == "" {
 		return fmt.Errorf("marking queue notice %q: no step given", n.ID)
 	}
-	return r.markNotice(ctx, n, string(step), lease)
+	return r.updateNotice(ctx, outboxMarkScript, n, string(step), lease.Milliseconds())
 }
 
 // AckNotice implements enhanced.QueueBackend.
 func (r *Redis) AckNotice(ctx context.Context, n enhanced.QueueNotice) error {
-	return r.markNotice(ctx, n, "", 0)
+	return r.updateNotice(ctx, outboxAckScript, n)
 }
 
-func (r *Redis) markNotice(ctx context.Context, n enhanced.QueueNotice, step string, lease time.Duration) error {
+// updateNotice runs one of the outbox scripts that act for n's claim only.
+func (r *Redis) updateNotice(ctx context.Context, script *redis.Script, n enhanced.QueueNotice, args ...any) error {
 	k := r.keys.forProject(n.Entry.Lock.Project, n.Entry.Lock.Workspace)
-	ok, err := outboxMarkScript.Run(ctx, r.client, []string{k.outbox, k.notices}, n.ID, n.Claim, step, lease.Milliseconds()).Int()
+	ok, err := script.Run(ctx, r.client, []string{k.outbox, k.notices}, append([]any{n.ID, n.Claim}, args...)...).Int()
 	if err != nil {
 		return redisError(fmt.Sprintf("updating queue notice %q", n.ID), err)
 	}
@@ -102,28 +110,14 @@ func (r *Redis) markNotice(ctx context.Context, n enhanced.QueueNotice, step str
 }
 
 // WatchNotices signals on the returned channel whenever a notice is written
-// by any replica, until ctx is done, so notices are delivered at once rather
-// than at the next poll. Signals may be lost (a reconnect): poll as well.
+// by any replica, and after every (re)subscription so that a notice written
+// while this replica was disconnected is claimed at once too, until ctx is
+// done. A notice is delivered at once rather than at the next poll.
 func (r *Redis) WatchNotices(ctx context.Context) <-chan struct{} {
-	out := make(chan struct{}, 1)
 	sub := r.client.PSubscribe(ctx, globEscape(r.keys.prefix+"outbox")+"*")
 	go func() {
-		defer sub.Close()
-		msgs := sub.Channel()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case _, ok := <-msgs:
-				if !ok {
-					return
-				}
-				select {
-				case out <- struct{}{}:
-				default:
-				}
-			}
-		}
+		<-ctx.Done()
+		_ = sub.Close()
 	}()
-	return out
+	return wakeups(ctx, sub)
 }

@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -108,31 +109,36 @@ func (r *Redis) parseEnqueue(k lockKeys, vals []any) (enhanced.EnqueueResult, er
 // synchronous waiter; value may be empty when the caller fills Lock.
 func (r *Redis) parseEntry(k lockKeys, token string, position int, deadline, value, meta string) (enhanced.QueueEntry, error) {
 	e := enhanced.QueueEntry{ID: token, Position: position, Synchronous: meta == ""}
+	corrupt := func(key, what string, args ...any) error {
+		return corruptValueError(key, fmt.Errorf("queue entry %q: "+what, append([]any{token}, args...)...),
+			fmt.Sprintf("drop the entry with redis-cli ZREM on key %q and the entry's id; its pull queues again when it plans", k.queue))
+	}
 	if ms, err := strconv.ParseInt(deadline, 10, 64); err == nil && ms > 0 {
 		e.Expires = time.UnixMilli(ms)
 	}
 	if meta != "" {
 		fields := strings.SplitN(meta, "|", 3)
 		if len(fields) != 3 {
-			return e, corruptLockError(k.entries, fmt.Errorf("queue entry %q: metadata %q", token, meta))
+			return e, corrupt(k.entries, "metadata %q", meta)
 		}
 		prio, err := strconv.Atoi(fields[0])
 		if err != nil {
-			return e, corruptLockError(k.entries, fmt.Errorf("queue entry %q: priority %q", token, fields[0]))
+			return e, corrupt(k.entries, "priority %q", fields[0])
 		}
 		enqueued, err := strconv.ParseInt(fields[1], 10, 64)
 		if err != nil {
-			return e, corruptLockError(k.entries, fmt.Errorf("queue entry %q: time %q", token, fields[1]))
+			return e, corrupt(k.entries, "time %q", fields[1])
 		}
 		e.Priority = enhanced.Priority(prio)
 		e.Enqueued = time.UnixMilli(enqueued)
 	}
 	if value != "" {
-		lock, err := r.decodeLock(k.lock, value)
-		if err != nil {
-			return e, err
+		// Decoded apart from decodeLock: a waiter's value is ours, never a
+		// lock a replica without enhanced locking wrote.
+		if err := json.Unmarshal([]byte(value), &e.Lock); err != nil {
+			return e, corrupt(k.values, "lock value: %v", err)
 		}
-		e.Lock = lock
+		e.Lock.Time = e.Lock.Time.Local()
 	}
 	return e, nil
 }
@@ -147,15 +153,20 @@ func (r *Redis) LeaveQueue(ctx context.Context, project models.Project, workspac
 	return n == 1, nil
 }
 
-// LeaveQueues implements enhanced.QueueBackend.
+// LeaveQueues implements enhanced.QueueBackend: every entry of the pull
+// leaves, expired ones too, and those that held a place are returned.
 func (r *Redis) LeaveQueues(ctx context.Context, repoFullName string, pullNum int) ([]enhanced.QueueEntry, error) {
-	entries, err := r.PullEntries(ctx, repoFullName, pullNum)
+	keys, err := r.pullLockKeys(ctx, repoFullName, pullNum)
 	if err != nil {
 		return nil, err
 	}
-	calls := make([]scriptCall, len(entries))
-	for i, e := range entries {
-		calls[i] = scriptCall{leaveQueueScript, r.keys.forProject(e.Lock.Project, e.Lock.Workspace).script(), []any{repoFullName, pullNum}}
+	entries, err := r.pullEntries(ctx, keys, repoFullName, pullNum)
+	if err != nil {
+		return nil, err
+	}
+	calls := make([]scriptCall, len(keys))
+	for i, key := range keys {
+		calls[i] = scriptCall{leaveQueueScript, r.keys.forLockKey(key).script(), []any{repoFullName, pullNum}}
 	}
 	var errs []error
 	for i, cmd := range runAll(ctx, r.client, calls) {
@@ -168,12 +179,28 @@ func (r *Redis) LeaveQueues(ctx context.Context, repoFullName string, pullNum in
 
 // PullEntries implements enhanced.QueueBackend.
 func (r *Redis) PullEntries(ctx context.Context, repoFullName string, pullNum int) ([]enhanced.QueueEntry, error) {
+	keys, err := r.pullLockKeys(ctx, repoFullName, pullNum)
+	if err != nil {
+		return nil, err
+	}
+	return r.pullEntries(ctx, keys, repoFullName, pullNum)
+}
+
+// pullLockKeys reads the pull's index: every lock it may have an entry for,
+// in lock key order.
+func (r *Redis) pullLockKeys(ctx context.Context, repoFullName string, pullNum int) ([]string, error) {
 	index, closing := r.keys.pull(repoFullName, pullNum)
 	keys, err := r.client.SUnion(ctx, index, closing).Result()
 	if err != nil {
 		return nil, redisError(fmt.Sprintf("reading lock index of pull %s#%d", repoFullName, pullNum), err)
 	}
 	sort.Strings(keys)
+	return keys, nil
+}
+
+// pullEntries reads the pull's entries that hold a place among the locks
+// keys.
+func (r *Redis) pullEntries(ctx context.Context, keys []string, repoFullName string, pullNum int) ([]enhanced.QueueEntry, error) {
 	queues, err := r.readQueues(ctx, keys, repoFullName, strconv.Itoa(pullNum))
 	if err != nil {
 		return nil, err
@@ -198,7 +225,7 @@ func (r *Redis) Queue(ctx context.Context, project models.Project, workspace str
 }
 
 // Queues implements enhanced.QueueBackend: the locks in the queues sets, in
-// lock key order, with at least one durable entry.
+// lock key order, with at least one durable entry that holds a place.
 func (r *Redis) Queues(ctx context.Context) ([]enhanced.LockQueue, error) {
 	keys, err := r.queuedLockKeys(ctx)
 	if err != nil {

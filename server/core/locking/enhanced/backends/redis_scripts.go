@@ -10,6 +10,8 @@ import (
 )
 
 var (
+	//go:embed lua/check.lua
+	checkLua string
 	//go:embed lua/helpers.lua
 	helpersLua string
 	//go:embed lua/acquire.lua
@@ -36,6 +38,8 @@ var (
 	outboxClaimLua string
 	//go:embed lua/outbox_mark.lua
 	outboxMarkLua string
+	//go:embed lua/outbox_ack.lua
+	outboxAckLua string
 	//go:embed lua/command_lease_try.lua
 	commandLeaseTryLua string
 	//go:embed lua/command_lease_renew.lua
@@ -50,23 +54,29 @@ var (
 	releaseScript  = lockScript(releaseLua)
 	waitScript     = lockScript(waitLua)
 	leaveScript    = lockScript(leaveLua)
-	pruneScript    = redis.NewScript(pruneLua)
-	takePullScript = redis.NewScript(takePullLua)
+	pruneScript    = checkedScript(pruneLua)
+	takePullScript = checkedScript(takePullLua)
 
 	enqueueScript     = lockScript(enqueueLua)
 	leaveQueueScript  = lockScript(leaveQueueLua)
 	queueReadScript   = lockScript(queueReadLua)
 	sweepScript       = lockScript(sweepLua)
-	outboxClaimScript = redis.NewScript(outboxClaimLua)
-	outboxMarkScript  = redis.NewScript(outboxMarkLua)
+	outboxClaimScript = checkedScript(outboxClaimLua)
+	outboxMarkScript  = checkedScript(outboxMarkLua)
+	outboxAckScript   = checkedScript(outboxAckLua)
 
-	commandLeaseTryScript     = redis.NewScript(commandLeaseTryLua)
-	commandLeaseRenewScript   = redis.NewScript(commandLeaseRenewLua)
-	commandLeaseReleaseScript = redis.NewScript(commandLeaseReleaseLua)
+	commandLeaseTryScript     = checkedScript(commandLeaseTryLua)
+	commandLeaseRenewScript   = checkedScript(commandLeaseRenewLua)
+	commandLeaseReleaseScript = checkedScript(commandLeaseReleaseLua)
 )
 
+// checkedScript is a script that checks what it reads with check.lua.
+func checkedScript(body string) *redis.Script {
+	return redis.NewScript(checkLua + "\n" + body)
+}
+
 func lockScript(body string) *redis.Script {
-	return redis.NewScript(helpersLua + "\n" + body)
+	return checkedScript(helpersLua + "\n" + body)
 }
 
 // scriptReply is a lock script's {status, value} answer.

@@ -23,9 +23,10 @@ const leaveTimeout = 5 * time.Second
 // A release hands the lock to the best live waiter inside the releasing
 // script and publishes the waiter's token on the lock's channel; the lock is
 // never free in between, so no TryLock can take it from the queue. A waiter
-// subscribes before it registers, so it cannot miss that message, and it
-// heartbeats its liveness every WaiterTTL/3 with the same script that
-// registers it, which also catches a message lost to a reconnect. A waiter
+// subscribes before it registers, so it cannot miss that message, and checks
+// again each time its subscription is back after a reconnect, which catches
+// a message published in the gap. It heartbeats its liveness every
+// WaiterTTL/3 with the same script that registers it. A waiter
 // that stops heartbeating (its replica crashed) is skipped and dropped by the
 // next release.
 func (r *Redis) TryLockWithTimeout(ctx context.Context, req enhanced.LockRequest, timeout time.Duration) (bool, models.ProjectLock, error) {
@@ -81,7 +82,8 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration, curr models.Pr
 	if _, err := sub.Receive(ctx); err != nil {
 		return false, curr, redisError(fmt.Sprintf("subscribing to %q", w.keys.channel), err)
 	}
-	notes := sub.Channel()
+	// The first confirmation was read above: the next ones are resubscriptions.
+	notes := wakeups(ctx, sub)
 
 	held, curr, err := w.check(ctx, curr)
 	if err != nil {
@@ -98,11 +100,7 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration, curr models.Pr
 	defer heartbeat.Stop()
 	for {
 		select {
-		case _, ok := <-notes:
-			if !ok {
-				notes = nil // closed with the subscription; heartbeats still check
-				continue
-			}
+		case <-notes:
 			// Checked whoever the hand-over names: the lock handed to
 			// this waiter's own pull (its durable queue entry) is this
 			// waiter's too, and the check adopts it.

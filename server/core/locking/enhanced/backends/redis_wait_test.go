@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 
@@ -170,21 +171,76 @@ func TestWaitAcrossReplicas(t *testing.T) {
 	Assert(t, time.Since(released) < 3*time.Second, "handoff took %s", time.Since(released))
 }
 
-func TestCloseEndsWaits(t *testing.T) {
+// TestWaiterHandedTheLockWhileReconnectingTakesItAtOnce: Redis is killed
+// and restarted with its append-only file, and another replica hands the
+// lock to a waiter before the waiter's subscription is back, so the
+// hand-over's message reaches nobody. The waiter still takes the lock as soon
+// as it has resubscribed, not at its next heartbeat (a minute here).
+func TestWaiterHandedTheLockWhileReconnectingTakesItAtOnce(t *testing.T) {
 	ctx := context.Background()
+	srv := redistest.Start(t, redistest.WithAppendOnly())
+	other := srv.Client(t)
+	Ok(t, other.ConfigSet(ctx, "appendfsync", "always").Err())
+	releaser := newTestRedis(t, other, RedisOptions{})
+	var gate redistest.DialGate
+	opts := srv.Options()
+	opts.Dialer = gate.Dial
+	client := redis.NewClient(opts)
+	t.Cleanup(func() { _ = client.Close() })
+	r := openRedis(t, client, RedisOptions{WaiterTTL: 3 * time.Minute})
+
+	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
+	mustTryLock(t, releaser, holder)
+	waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
+	result := waitFor(r, waiting, 2*time.Minute)
+	enhancedtest.AwaitQueue(t, releaser, waiting, 1)
+
+	gate.Shut()
+	killRedis(t, srv, other)
+	srv.Restart()
+	channel := releaser.keys.forProject(waiting.Project, "default").channel
+	subscribers, err := other.PubSubNumSub(ctx, channel).Result()
+	Ok(t, err)
+	Equals(t, map[string]int64{channel: 0}, subscribers) // the message will reach nobody
+	_, err = releaser.Unlock(ctx, holder.Project, holder.Workspace)
+	Ok(t, err)
+	gate.Open()
+
+	select {
+	case err := <-result:
+		Ok(t, err)
+	case <-time.After(30 * time.Second): // far below the heartbeat: not found by it
+		t.Fatal("the waiter handed the lock while reconnecting did not take it")
+	}
+	got, err := r.GetLock(ctx, waiting.Project, waiting.Workspace)
+	Ok(t, err)
+	Equals(t, 2, got.Pull.Num)
+}
+
+func TestCloseEndsWaits(t *testing.T) {
 	r := newTestRedis(t, redistest.Start(t).Client(t), RedisOptions{})
 	holder := enhancedtest.NewLock("org/repo", "dir", "default", "", 1)
 	mustTryLock(t, r, holder)
 	waiting := enhancedtest.NewLock("org/repo", "dir", "default", "", 2)
-	result := make(chan error, 1)
-	go func() {
-		_, _, err := r.TryLockWithTimeout(ctx, enhancedtest.Request(waiting), 10*time.Second)
-		result <- err
-	}()
+	result := waitFor(r, waiting, 10*time.Second)
 	enhancedtest.AwaitQueue(t, r, waiting, 1)
 	Ok(t, r.Close())
 	Assert(t, errors.Is(<-result, errClosed), "wait did not end with the backend")
 	enhancedtest.AwaitQueue(t, r, waiting, 0)
+}
+
+// waitFor runs TryLockWithTimeout for lock on its own goroutine and sends
+// its outcome: nil once the lock is taken.
+func waitFor(r *Redis, lock models.ProjectLock, timeout time.Duration) <-chan error {
+	result := make(chan error, 1)
+	go func() {
+		acquired, _, err := r.TryLockWithTimeout(context.Background(), enhancedtest.Request(lock), timeout)
+		if err == nil && !acquired {
+			err = errors.New("lock not acquired")
+		}
+		result <- err
+	}()
+	return result
 }
 
 func mustTryLock(t testing.TB, r *Redis, lock models.ProjectLock) {

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -65,19 +66,22 @@ func (e *WaitTimeoutError) Error() string {
 // Manager hands out command leases from a store.
 //
 // Invariant: for each pull, at most one command of this process runs at a
-// time. The store grants one valid lease at a time; a command whose lease was
-// lost counts as running until it returns, and Acquire for its pull waits for
-// it first, so a command that cannot be stopped at once is never overlapped
-// by its successor on this replica, while the store keeps other replicas out.
+// time, and none runs while one that lost the pull's lease has not returned.
+// The store grants one valid lease at a time; a command that was granted the
+// lease while one of this process that lost it still runs (its lease ran out
+// in the store) waits for that one to return before it starts, holding its
+// lease meanwhile, so a command that cannot be stopped at once is never
+// overlapped by its successor on this replica, while the store keeps other
+// replicas out.
 type Manager struct {
 	store   enhanced.CommandLeaseStore
 	opts    Options
 	metrics metrics
 
 	mu sync.Mutex
-	// lost holds the commands of each pull that lost their lease and have not
-	// returned; their channel closes when they do.
-	lost map[enhanced.PullRef]chan struct{}
+	// running holds the leases of this process's commands that have not
+	// returned, per pull: at most one valid, any number lost.
+	running map[enhanced.PullRef][]*Lease
 }
 
 // NewManager returns a manager for store.
@@ -97,7 +101,7 @@ func NewManager(store enhanced.CommandLeaseStore, opts Options) (*Manager, error
 	if opts.Scope == nil {
 		opts.Scope = tally.NoopScope
 	}
-	return &Manager{store: store, opts: opts, metrics: newMetrics(opts.Scope), lost: map[enhanced.PullRef]chan struct{}{}}, nil
+	return &Manager{store: store, opts: opts, metrics: newMetrics(opts.Scope), running: map[enhanced.PullRef][]*Lease{}}, nil
 }
 
 // Acquire waits, in arrival order and for at most the wait timeout, until
@@ -106,9 +110,6 @@ func (m *Manager) Acquire(ctx context.Context, pull enhanced.PullRef, command st
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, m.opts.WaitTimeout)
 	defer cancel()
-	if err := m.awaitLocal(ctx, pull); err != nil {
-		return nil, m.timedOut(pull, start, enhanced.CommandLease{Replica: m.opts.Replica, Command: "a command whose lease ran out"}, err)
-	}
 	req := enhanced.CommandLeaseRequest{
 		Pull:      pull,
 		Token:     newToken(),
@@ -123,7 +124,7 @@ func (m *Manager) Acquire(ctx context.Context, pull enhanced.PullRef, command st
 	// answers.
 	var failingSince time.Time
 	for {
-		asked := time.Now()
+		asked := now()
 		state, err := m.store.TryCommandLease(ctx, req)
 		if err == nil {
 			failingSince = time.Time{}
@@ -135,7 +136,7 @@ func (m *Manager) Acquire(ctx context.Context, pull enhanced.PullRef, command st
 			// whole TTL fails the command closed now rather than at the end
 			// of a wait of many minutes.
 			if failingSince.IsZero() {
-				failingSince = asked
+				failingSince = time.Now()
 			}
 			if time.Since(failingSince) >= m.opts.TTL {
 				m.leave(pull, req.Token)
@@ -143,10 +144,15 @@ func (m *Manager) Acquire(ctx context.Context, pull enhanced.PullRef, command st
 			}
 			m.opts.Logger.Warn("command lease of %s: %s", pullName(pull), err)
 		case err == nil && state.Granted:
+			l := m.hold(pull, req, asked)
+			if err := m.awaitLost(ctx, l); err != nil {
+				l.Release()
+				return nil, m.timedOut(pull, start, enhanced.CommandLease{Replica: m.opts.Replica, Command: "a command whose lease ran out"}, err)
+			}
 			if waited {
 				m.metrics.waitTime.Record(time.Since(start))
 			}
-			return m.hold(pull, req, asked), nil
+			return l, nil
 		case err == nil:
 			holder = state.Holder
 			if !waited {
@@ -174,47 +180,54 @@ func (m *Manager) timedOut(pull enhanced.PullRef, start time.Time, holder enhanc
 	return &WaitTimeoutError{Waited: time.Since(start).Round(time.Second), Holder: holder}
 }
 
-// awaitLocal waits until no command of this process that lost the pull's
-// lease is still running.
-func (m *Manager) awaitLocal(ctx context.Context, pull enhanced.PullRef) error {
+// awaitLost waits until no other command of this process for l's pull is
+// still running: any such command lost its lease, since l was granted it.
+func (m *Manager) awaitLost(ctx context.Context, l *Lease) error {
 	for {
+		var other *Lease
 		m.mu.Lock()
-		done, running := m.lost[pull]
+		for _, r := range m.running[l.pull] {
+			if r != l {
+				other = r
+				break
+			}
+		}
 		m.mu.Unlock()
-		if !running {
-			return nil
+		if other == nil {
+			return l.Err()
 		}
 		select {
-		case <-done:
+		case <-other.returned:
+		case <-l.Lost():
+			return l.Err()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// hold starts the lease's heartbeat. asked is when the granting request was
-// sent: the store's expiry comes after it, so counting from it errs safe.
-func (m *Manager) hold(pull enhanced.PullRef, req enhanced.CommandLeaseRequest, asked time.Time) *Lease {
+// hold registers the granted lease as running and starts it. asked is when
+// the granting request was sent: the store's expiry comes after it, so
+// counting from it errs safe.
+func (m *Manager) hold(pull enhanced.PullRef, req enhanced.CommandLeaseRequest, asked instant) *Lease {
 	l := newLease(m, pull, req, asked)
-	go l.heartbeat()
+	m.mu.Lock()
+	m.running[pull] = append(m.running[pull], l)
+	m.mu.Unlock()
+	l.start()
 	return l
 }
 
-// markLost records a command that lost its lease and still runs.
-func (m *Manager) markLost(pull enhanced.PullRef, done chan struct{}) {
+// returned forgets a command once it returns.
+func (m *Manager) returned(l *Lease) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.lost[pull] = done
-	m.metrics.lost.Inc(1)
-}
-
-// returned forgets a command that lost its lease once it returns.
-func (m *Manager) returned(pull enhanced.PullRef, done chan struct{}) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.lost[pull] == done {
-		delete(m.lost, pull)
+	left := slices.DeleteFunc(m.running[l.pull], func(r *Lease) bool { return r == l })
+	if len(left) == 0 {
+		delete(m.running, l.pull)
+		return
 	}
+	m.running[l.pull] = left
 }
 
 // leave takes a token that gave up out of the wait line.
@@ -227,13 +240,18 @@ func (m *Manager) leave(pull enhanced.PullRef, token string) {
 }
 
 // Check reports ErrLeaseLost while a command of this process for the pull
-// lost its lease and has not returned: whatever asks must not act for it.
+// holds a lease that ran out or was lost, until that command returns:
+// whatever asks must not act for the pull. It reads the clocks at each call
+// (Lease.Err), so it never waits for the heartbeat to notice.
 func (m *Manager) Check(repoFullName string, pullNum int) error {
+	pull := enhanced.PullRef{RepoFullName: repoFullName, Num: pullNum}
 	m.mu.Lock()
-	_, lost := m.lost[enhanced.PullRef{RepoFullName: repoFullName, Num: pullNum}]
+	running := slices.Clone(m.running[pull])
 	m.mu.Unlock()
-	if lost {
-		return fmt.Errorf("%s: %w", pullName(enhanced.PullRef{RepoFullName: repoFullName, Num: pullNum}), ErrLeaseLost)
+	for _, l := range running {
+		if err := l.Err(); err != nil {
+			return fmt.Errorf("%s: %w", pullName(pull), err)
+		}
 	}
 	return nil
 }

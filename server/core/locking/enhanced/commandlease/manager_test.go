@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -194,46 +195,79 @@ func leaseKeys(t *testing.T, client redis.UniversalClient) []string {
 	return keys
 }
 
-// stolen is a store whose renewals answer that another token holds the
-// lease, as after this replica was paused past the TTL.
-type stolen struct{ enhanced.CommandLeaseStore }
-
-func (stolen) RenewCommandLease(context.Context, enhanced.PullRef, string, time.Duration) (bool, error) {
-	return false, nil
+// faulty is a store whose renewals fail while on is set: they answer that
+// another token holds the lease (stolen, as after this replica was paused
+// past the TTL) or hang until their deadline (as when the connection to Redis
+// stalls).
+type faulty struct {
+	enhanced.CommandLeaseStore
+	hang bool
+	on   *atomic.Bool
 }
 
-func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
-	store := stolen{backends.NewMemoryCommandLeases()}
-	const ttl = 300 * time.Millisecond
-	scope := tally.NewTestScope("", nil)
-	m, err := commandlease.NewManager(store, commandlease.Options{Replica: "r1", TTL: ttl, WaitTimeout: time.Minute, Poll: 20 * time.Millisecond, Scope: scope})
-	Ok(t, err)
-	l, err := m.Acquire(context.Background(), pull, "plan")
-	Ok(t, err)
-	<-l.Lost()
-	Equals(t, commandlease.ErrLeaseLost, l.Err())
-	Equals(t, int64(1), scope.Snapshot().Counters()["command_lease.lost_total+"].Value())
+func newStolen() faulty  { return newFaulty(false) }
+func newHanging() faulty { return newFaulty(true) }
 
-	// The store frees the lease once it expires; this replica's next command
-	// still waits for the one that lost it to return.
-	next := make(chan *commandlease.Lease)
-	go func() {
-		n, err := m.Acquire(context.Background(), pull, "apply")
-		if err != nil {
-			t.Errorf("next: %s", err)
-		}
-		next <- n
-	}()
-	time.Sleep(3 * ttl)
-	select {
-	case <-next:
-		t.Fatal("a command ran while one that lost the lease still ran")
+func newFaulty(hang bool) faulty {
+	f := faulty{CommandLeaseStore: backends.NewMemoryCommandLeases(), hang: hang, on: &atomic.Bool{}}
+	f.on.Store(true)
+	return f
+}
+
+func (f faulty) RenewCommandLease(ctx context.Context, p enhanced.PullRef, token string, ttl time.Duration) (bool, error) {
+	switch {
+	case !f.on.Load():
+		return f.CommandLeaseStore.RenewCommandLease(ctx, p, token, ttl)
+	case f.hang:
+		<-ctx.Done()
+		return false, ctx.Err()
 	default:
+		return false, nil
 	}
-	l.Release()
-	n := <-next
-	Assert(t, n != nil, "the next command runs once the lost one returns")
-	n.Release()
+}
+
+// A lease lost because the store gave it away, or because renewals hung past
+// its deadline, is noticed; a command of this replica granted the lease next
+// waits for the lost one to return, and the fence stays closed until it has.
+func TestManager_ALostLeaseIsNoticedAndItsCommandWaitedFor(t *testing.T) {
+	for name, store := range map[string]faulty{"stolen": newStolen(), "hanging": newHanging()} {
+		t.Run(name, func(t *testing.T) {
+			// Long enough that a loaded machine renews the next lease in time.
+			const ttl = time.Second
+			scope := tally.NewTestScope("", nil)
+			m, err := commandlease.NewManager(store, commandlease.Options{Replica: "r1", TTL: ttl, WaitTimeout: time.Minute, Poll: 20 * time.Millisecond, Scope: scope})
+			Ok(t, err)
+			l, err := m.Acquire(context.Background(), pull, "plan")
+			Ok(t, err)
+			<-l.Lost()
+			store.on.Store(false)
+			Equals(t, commandlease.ErrLeaseLost, l.Err())
+			Equals(t, int64(1), scope.Snapshot().Counters()["command_lease.lost_total+"].Value())
+
+			// The store grants the lease again once it expires there, after a
+			// TTL; this replica's next command still waits.
+			next := make(chan *commandlease.Lease)
+			go func() {
+				n, err := m.Acquire(context.Background(), pull, "apply")
+				if err != nil {
+					t.Errorf("next: %s", err)
+				}
+				next <- n
+			}()
+			time.Sleep(3 * ttl)
+			select {
+			case <-next:
+				t.Fatal("a command started while one that lost the lease still ran")
+			default:
+			}
+			Assert(t, errors.Is(m.Check(pull.RepoFullName, pull.Num), commandlease.ErrLeaseLost), "fenced while the lost command runs")
+			l.Release()
+			n := <-next
+			Assert(t, n != nil, "the next command runs once the lost one returns")
+			Ok(t, m.Check(pull.RepoFullName, pull.Num))
+			n.Release()
+		})
+	}
 }
 
 func TestNewManager_RejectsBadDurations(t *testing.T) {
@@ -273,5 +307,28 @@ func TestManager_AStoreOutOfReachFailsClosedAfterATTL(t *testing.T) {
 		Assert(t, !errors.As(err, &timeout), "a store out of reach is not a wait timeout: %v", err)
 	case <-time.After(time.Minute):
 		t.Fatal("Acquire kept waiting on a store out of reach")
+	}
+}
+
+// The fence closes at the lease's local deadline, read on the clock at each
+// check, even while the heartbeat is stuck in a renewal that hangs past it.
+func TestManager_TheFenceClosesAtTheDeadlineWhileRenewalsHang(t *testing.T) {
+	store := newHanging()
+	const ttl = 900 * time.Millisecond
+	m := newManager(t, store, "r1", ttl, time.Minute)
+	l, err := m.Acquire(context.Background(), pull, "plan")
+	Ok(t, err)
+	defer l.Release()
+	Ok(t, m.Check(pull.RepoFullName, pull.Num))
+	// From 2/3 of the TTL to the whole TTL the heartbeat waits on its second
+	// renewal; the deadline, 4/5 of the TTL, falls inside.
+	time.Sleep(ttl * 17 / 20)
+	Assert(t, errors.Is(m.Check(pull.RepoFullName, pull.Num), commandlease.ErrLeaseLost),
+		"the fence must be closed past the lease's deadline")
+	Equals(t, commandlease.ErrLeaseLost, l.Err())
+	select {
+	case <-l.Lost():
+	case <-time.After(ttl):
+		t.Fatal("the loss was not announced at the deadline")
 	}
 }

@@ -468,7 +468,7 @@ func TestDetector_BoltDB(t *testing.T) {
 	upstream, err := boltdb.New(t.TempDir())
 	Ok(t, err)
 	t.Cleanup(func() { _ = upstream.Close() })
-	legacy, err := legacydb.Guard(upstream)
+	legacy, err := legacydb.Guard(upstream, legacydb.Options{})
 	Ok(t, err)
 	b := backends.NewBoltDB(legacy, nil)
 	t.Cleanup(func() { _ = b.Close() })

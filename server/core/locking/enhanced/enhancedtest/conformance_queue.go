@@ -93,6 +93,20 @@ func claimAll(t testing.TB, ctx context.Context, b enhanced.QueueBackend) []enha
 	return n
 }
 
+// claimHandOver hands a lock over and claims the one notice it leaves.
+func claimHandOver(t testing.TB, ctx context.Context, b QueueingBackend, lease time.Duration) enhanced.QueueNotice {
+	t.Helper()
+	holder := NewLock(repo, "dir", "default", "", 1)
+	mustLock(t, ctx, b, holder)
+	mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
+	_, err := b.Unlock(ctx, holder.Project, holder.Workspace)
+	Ok(t, err)
+	claimed, err := b.ClaimNotices(ctx, lease, 10)
+	Ok(t, err)
+	Equals(t, 1, len(claimed))
+	return claimed[0]
+}
+
 func ackAll(t testing.TB, ctx context.Context, b enhanced.QueueBackend, notices []enhanced.QueueNotice) {
 	t.Helper()
 	for _, n := range notices {
@@ -126,6 +140,11 @@ func queueCases() []queueCase {
 				Ok(t, rel.release(ctx, b, holder))
 				Equals(t, 2, holderPull(t, ctx, b, holder))
 				Equals(t, []int{3}, queuedPulls(t, ctx, b, holder))
+				// With no plan of pull 2 waiting, the lock is the entry's,
+				// which tells the queue worker to announce it and re-plan.
+				q, err := b.Queue(ctx, holder.Project, holder.Workspace)
+				Ok(t, err)
+				Equals(t, first.Entry.ID, q.HolderID)
 				notices := claimAll(t, ctx, b)
 				Equals(t, 1, len(notices))
 				n := notices[0]
@@ -138,7 +157,7 @@ func queueCases() []queueCase {
 				Equals(t, 0, len(claimAll(t, ctx, b)))
 
 				// The new holder's pull releases it in turn, to the next.
-				_, err := b.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 2)
+				_, err = b.UnlockIfOwnedByPull(ctx, holder.Project, holder.Workspace, 2)
 				Ok(t, err)
 				Equals(t, 3, holderPull(t, ctx, b, holder))
 				ackAll(t, ctx, b, claimAll(t, ctx, b))
@@ -149,6 +168,7 @@ func queueCases() []queueCase {
 			},
 		})
 	}
+	cases = append(cases, jointCases()...)
 	return append(cases, []queueCase{
 		{
 			name: "a free lock or the pull's own lock is not queued for",
@@ -287,11 +307,9 @@ func queueCases() []queueCase {
 		{
 			name: "a pull that leaves a queue is never handed the lock",
 			run: func(t *testing.T, ctx context.Context, b QueueingBackend, _ QueueOptions) {
-				holder := NewLock(repo, "dir", "default", "", 1)
-				mustLock(t, ctx, b, holder)
-				other := NewLock(repo, "other", "default", "", 1)
-				mustLock(t, ctx, b, other)
-				for _, l := range []models.ProjectLock{holder, other} {
+				locks := mustHold(t, ctx, b, 1, "dir", "other")
+				holder, other := locks[0], locks[1]
+				for _, l := range locks {
 					mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, l.Project.Path, "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 					mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, l.Project.Path, "default", "", 3), enhanced.PriorityNormal, queueTimeout))
 				}
@@ -383,33 +401,51 @@ func queueCases() []queueCase {
 		{
 			name: "a notice is leased to one claim; another claim takes it when the lease ends and skips the steps done",
 			run: func(t *testing.T, ctx context.Context, b QueueingBackend, _ QueueOptions) {
-				holder := NewLock(repo, "dir", "default", "", 1)
-				mustLock(t, ctx, b, holder)
-				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
-				_, err := b.Unlock(ctx, holder.Project, holder.Workspace)
-				Ok(t, err)
-
 				const lease = 300 * time.Millisecond
-				first, err := b.ClaimNotices(ctx, lease, 10)
-				Ok(t, err)
-				Equals(t, 1, len(first))
-				Equals(t, 0, len(first[0].Done))
+				first := claimHandOver(t, ctx, b, lease)
+				Equals(t, 0, len(first.Done))
 				none, err := b.ClaimNotices(ctx, lease, 10)
 				Ok(t, err)
 				Equals(t, 0, len(none))
-				Ok(t, b.MarkNotice(ctx, first[0], enhanced.StepCommented, lease))
+				Ok(t, b.MarkNotice(ctx, first, enhanced.StepCommented, lease))
 
 				time.Sleep(lease + 200*time.Millisecond)
 				second, err := b.ClaimNotices(ctx, lease, 10)
 				Ok(t, err)
 				Equals(t, 1, len(second))
-				Equals(t, first[0].ID, second[0].ID)
+				Equals(t, first.ID, second[0].ID)
 				Assert(t, second[0].Has(enhanced.StepCommented), "the step done by the first claim is not recorded: %v", second[0].Done)
 				Assert(t, !second[0].Has(enhanced.StepReplanned), "a step nobody did is recorded")
 				// The first claim lost it: it can neither mark nor ack.
-				Assert(t, errors.Is(b.MarkNotice(ctx, first[0], enhanced.StepReplanned, lease), enhanced.ErrNoticeLost), "stale claim marked a step")
-				Assert(t, errors.Is(b.AckNotice(ctx, first[0]), enhanced.ErrNoticeLost), "stale claim acknowledged")
+				Assert(t, errors.Is(b.MarkNotice(ctx, first, enhanced.StepReplanned, lease), enhanced.ErrNoticeLost), "stale claim marked a step")
+				Assert(t, errors.Is(b.AckNotice(ctx, first), enhanced.ErrNoticeLost), "stale claim acknowledged")
 				Ok(t, b.AckNotice(ctx, second[0]))
+				time.Sleep(lease + 200*time.Millisecond)
+				Equals(t, 0, len(claimAll(t, ctx, b)))
+			},
+		},
+		{
+			name: "a claim renews its notice while no other claim took it, even past its lease, and not once another did",
+			run: func(t *testing.T, ctx context.Context, b QueueingBackend, _ QueueOptions) {
+				const lease = 300 * time.Millisecond
+				first := claimHandOver(t, ctx, b, lease)
+				// Its lease ran out, but nobody claimed it: renewing holds it
+				// again, for a whole lease, with no step recorded.
+				time.Sleep(lease + 200*time.Millisecond)
+				Ok(t, b.RenewNotice(ctx, first, lease))
+				none, err := b.ClaimNotices(ctx, lease, 10)
+				Ok(t, err)
+				Equals(t, 0, len(none))
+
+				time.Sleep(lease + 200*time.Millisecond)
+				second, err := b.ClaimNotices(ctx, lease, 10)
+				Ok(t, err)
+				Equals(t, 1, len(second))
+				Equals(t, 0, len(second[0].Done))
+				Assert(t, errors.Is(b.RenewNotice(ctx, first, lease), enhanced.ErrNoticeLost), "a claim renewed a notice another claim took")
+				Ok(t, b.RenewNotice(ctx, second[0], lease))
+				Ok(t, b.AckNotice(ctx, second[0]))
+				Assert(t, errors.Is(b.RenewNotice(ctx, second[0], lease), enhanced.ErrNoticeLost), "a claim renewed a notice it acknowledged")
 				time.Sleep(lease + 200*time.Millisecond)
 				Equals(t, 0, len(claimAll(t, ctx, b)))
 			},
@@ -460,13 +496,17 @@ func queueCases() []queueCase {
 				mustLock(t, ctx, b, other)
 				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "dir", "default", "", 3), enhanced.PriorityHigh, queueTimeout))
-				mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "other", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
+				handed := mustEnqueue(t, ctx, b, QueueRequest(NewLock(repo, "other", "default", "", 2), enhanced.PriorityNormal, queueTimeout))
 				_, err := b.UnlockIfOwnedByPull(ctx, other.Project, other.Workspace, 1)
 				Ok(t, err)
 
 				b = opts.Reopen(t, b)
 				Equals(t, []int{3, 2}, queuedPulls(t, ctx, b, holder))
 				Equals(t, 2, holderPull(t, ctx, b, other))
+				// The lock is still the entry's: its notice re-plans.
+				q, err := b.Queue(ctx, other.Project, other.Workspace)
+				Ok(t, err)
+				Equals(t, handed.Entry.ID, q.HolderID)
 				queues, err := b.Queues(ctx)
 				Ok(t, err)
 				Equals(t, 1, len(queues))

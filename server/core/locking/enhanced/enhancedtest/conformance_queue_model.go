@@ -2,6 +2,7 @@ package enhancedtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -120,6 +121,7 @@ func (r *modelRun) ops() []modelOp {
 		{3, r.leaveQueues},
 		{5, r.sweep},
 		{10, r.deliver},
+		{3, r.waitQueued},
 	}
 	if r.opts.DeleteOutside != nil {
 		ops = append(ops, modelOp{2, r.deleteOutside})
@@ -291,6 +293,55 @@ func (r *modelRun) sweep() {
 	Equals(r.t, want, got)
 }
 
+// waitQueued makes a queued pull plan again: a bounded wait for a lock it
+// has an entry for, behind that entry. While it waits, every read is as the
+// model's: the wait adds no place. Then the lock is released: a hand-over
+// to the pull's entry must serve the wait, a request of the pull's own;
+// any other leaves it waiting, and it is cancelled.
+func (r *modelRun) waitQueued() {
+	var waiting []*modelEntry
+	for _, key := range r.m.keys() {
+		if ml := r.m.locks[key]; ml.holder != nil {
+			for _, e := range ml.entries {
+				if !e.expired {
+					waiting = append(waiting, e)
+				}
+			}
+		}
+	}
+	if len(waiting) == 0 {
+		r.log("wait of a queued pull: none queued")
+		return
+	}
+	e := waiting[r.rng.Intn(len(waiting))]
+	ml := r.m.lock(e.lock)
+	l := r.newLock(e.lock.Project.Path, e.lock.Workspace, e.lock.Project.ProjectName, e.lock.Pull.Num)
+	r.clock += time.Hour
+	r.log("wait of pull %d %s, queued as %s, then Unlock", l.Pull.Num, lockKey(l), e.id)
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	result := startWait(ctx, r.b, enhanced.LockRequest{Lock: l, Priority: e.priority, Headstart: r.headstart(e.priority)}, time.Minute)
+	AwaitQueue(r.t, r.b, l, len(ml.entries)+1)
+	r.check()
+
+	want := r.m.release(l.Project, l.Workspace, 0)
+	got, err := r.b.Unlock(r.ctx, l.Project, l.Workspace)
+	Ok(r.t, err)
+	Equals(r.t, normalizedPtr(want), normalizedPtr(got))
+	if ml.holder == nil || !samePull(*ml.holder, l) {
+		cancel()
+		w := receive(r.t, result)
+		Assert(r.t, !w.acquired && errors.Is(w.err, context.Canceled), "the wait of pull %d was served by the hand-over of %s to pull %d: %+v", l.Pull.Num, lockKey(l), heldBy(ml.holder), w)
+		return
+	}
+	// The wait took the lock as a request of its own.
+	ml.handedTo = ""
+	w := receive(r.t, result)
+	Ok(r.t, w.err)
+	Assert(r.t, w.acquired, "the wait of pull %d was not served by the hand-over to its entry %s", l.Pull.Num, e.id)
+	EqualLocks(r.t, *ml.holder, w.lock)
+}
+
 func (r *modelRun) deleteOutside() {
 	l := r.pickHeld()
 	r.log("delete %s outside the backend", lockKey(l))
@@ -358,19 +409,15 @@ func (r *modelRun) check() {
 				Assert(t, !r.m.ids[q.HolderID], "lock %s held by a request of its own names entry %s", key, q.HolderID)
 			}
 		}
-		var want []positioned
-		for i, e := range ml.entries {
-			want = append(want, positioned{key, e, i + 1})
-		}
-		Equals(t, seenPositioned(want), seenEntries(q.Entries))
+		Equals(t, seenPositioned(ml.line(key)), seenEntries(q.Entries))
 	}
 
 	queues, err := r.b.Queues(ctx)
 	Ok(t, err)
 	var wantQueues, gotQueues []string
 	for _, key := range r.m.keys() {
-		if ml := r.m.locks[key]; len(ml.entries) > 0 {
-			wantQueues = append(wantQueues, fmt.Sprintf("%s held by %d: %d entries", key, heldBy(ml.holder), len(ml.entries)))
+		if line := r.m.locks[key].line(key); len(line) > 0 {
+			wantQueues = append(wantQueues, fmt.Sprintf("%s held by %d: %d entries", key, heldBy(r.m.locks[key].holder), len(line)))
 		}
 	}
 	for _, q := range queues {

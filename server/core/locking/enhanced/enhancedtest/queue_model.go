@@ -27,7 +27,13 @@ import (
 // expired when the operation that queued it returns (the suite waits its
 // timeout out), so expiry needs no clock either: an expired entry stays in
 // its queue until a release reaches it or a sweep runs, and then leaves with
-// an expired notice.
+// an expired notice, or until its pull queues again and it is replaced,
+// without one. Meanwhile it waits for nothing: no read lists it or counts it
+// in a position.
+//
+// Waits. A queued pull that plans again waits through its entry: the wait
+// adds no place to the line, and the hand-over to the entry is the wait's,
+// a request of the pull's own (the suite's waitQueued).
 type queueModel struct {
 	locks map[string]*modelLock
 	// outbox holds a notice per entry that left by hand-over or expiry, until
@@ -152,7 +158,8 @@ type enqueueOutcome struct {
 }
 
 // enqueue: nothing is queued for a free lock or the pull's own; a pull
-// already queued keeps its entry, place, priority and expiry.
+// already queued keeps its entry, place, priority and expiry, unless the
+// entry expired: then it leaves, without a notice, for the new one.
 func (m *queueModel) enqueue(l models.ProjectLock) enqueueOutcome {
 	ml := m.lock(l)
 	if ml.holder == nil || samePull(*ml.holder, l) {
@@ -160,10 +167,36 @@ func (m *queueModel) enqueue(l models.ProjectLock) enqueueOutcome {
 	}
 	out := enqueueOutcome{queued: true, holder: ml.holder}
 	if i, e := ml.entryOf(l.Pull.BaseRepo.FullName, l.Pull.Num); e != nil {
-		out.entry, out.position = e, i+1
-		return out
+		if !e.expired {
+			out.entry, out.position = e, ml.position(i)
+			return out
+		}
+		ml.remove(i)
 	}
 	out.joined = true
+	return out
+}
+
+// position is the place in the line of the entry at i, which waits: the
+// entries ahead of it that wait, plus one.
+func (ml *modelLock) position(i int) int {
+	n := 1
+	for _, e := range ml.entries[:i] {
+		if !e.expired {
+			n++
+		}
+	}
+	return n
+}
+
+// line lists the entries that wait, each with its position.
+func (ml *modelLock) line(key string) []positioned {
+	var out []positioned
+	for i, e := range ml.entries {
+		if !e.expired {
+			out = append(out, positioned{key, e, ml.position(i)})
+		}
+	}
 	return out
 }
 
@@ -179,7 +212,7 @@ func (m *queueModel) join(e *modelEntry) int {
 		return x.score > e.score || x.score == e.score && x.arrival > e.arrival
 	})
 	ml.entries = slices.Insert(ml.entries, at, e)
-	return at + 1
+	return ml.position(at)
 }
 
 func (m *queueModel) leaveQueue(l models.ProjectLock) bool {
@@ -200,22 +233,25 @@ type positioned struct {
 	position int
 }
 
-// pullEntries lists the pull's entries in lock key order.
+// pullEntries lists the pull's entries that wait, in lock key order.
 func (m *queueModel) pullEntries(repo string, pull int) []positioned {
 	var out []positioned
 	for _, key := range m.keys() {
-		if i, e := m.locks[key].entryOf(repo, pull); e != nil {
-			out = append(out, positioned{key, e, i + 1})
+		if i, e := m.locks[key].entryOf(repo, pull); e != nil && !e.expired {
+			out = append(out, positioned{key, e, m.locks[key].position(i)})
 		}
 	}
 	return out
 }
 
+// leaveQueues removes every entry of the pull and returns those that
+// waited.
 func (m *queueModel) leaveQueues(repo string, pull int) []positioned {
 	left := m.pullEntries(repo, pull)
-	for _, p := range left {
-		i, _ := m.locks[p.key].entryOf(repo, pull)
-		m.locks[p.key].remove(i)
+	for _, key := range m.keys() {
+		if i, _ := m.locks[key].entryOf(repo, pull); i >= 0 {
+			m.locks[key].remove(i)
+		}
 	}
 	return left
 }

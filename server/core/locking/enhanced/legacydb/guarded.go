@@ -4,6 +4,7 @@
 package legacydb
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -13,6 +14,8 @@ import (
 	"github.com/runatlantis/atlantis/server/core/db"
 	"github.com/runatlantis/atlantis/server/events/command"
 	"github.com/runatlantis/atlantis/server/events/models"
+	"github.com/runatlantis/atlantis/server/logging"
+	tally "github.com/uber-go/tally/v4"
 )
 
 // Guarded is upstream's database with its lock operations safe to call from
@@ -41,14 +44,33 @@ type Guarded struct {
 	locks map[string]models.ProjectLock
 }
 
+// Options configure Guard. The zero value fails Guard on a BoltDB lock value
+// that does not decode.
+type Options struct {
+	// File is the BoltDB database's file (atlantis.db in the data dir), read
+	// when upstream's List cannot decode a lock (readFile).
+	File   string
+	Logger logging.SimpleLogging
+	// Scope counts the locks left out (lock_undecodable_total).
+	Scope tally.Scope
+}
+
 // Guard returns database guarded. It must be called before anything but the
 // caller uses database: for BoltDB it reads every lock once.
-func Guard(database db.Database) (*Guarded, error) {
+func Guard(database db.Database, opts Options) (*Guarded, error) {
 	g := &Guarded{Database: database}
 	if _, ok := database.(*boltdb.BoltDB); !ok {
 		return g, nil
 	}
 	locks, err := database.List()
+	if err != nil && opts.File != "" {
+		var readErr error
+		if locks, readErr = readFile(opts); readErr == nil {
+			err = nil
+		} else {
+			err = errors.Join(err, readErr)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reading the locks of the BoltDB database: %w", err)
 	}

@@ -20,7 +20,7 @@ func TestGuardedBoltDBAgreesWithTheFile(t *testing.T) {
 	before := enhancedtest.NewLock("org/repo", "before", "default", "", 1)
 	_, _, err = db.TryLock(before)
 	Ok(t, err)
-	g, err := legacydb.Guard(db)
+	g, err := legacydb.Guard(db, legacydb.Options{})
 	Ok(t, err)
 
 	kept := enhancedtest.NewLock("org/repo", "kept", "default", "", 2)

@@ -51,3 +51,11 @@ const (
 	RedisConnectionsIdle   = "redis_connections_idle"
 	RedisPoolTimeouts      = "redis_pool_timeouts_total"
 )
+
+// Counted below this package, on the scope the server gives it, which spells
+// these names out: legacydb.UndecodableLocks, for both backends.
+const (
+	// LocksUndecodable counts the distinct stored lock values List could not
+	// decode and left out, each logged with its key.
+	LocksUndecodable = "lock_undecodable_total"
+)

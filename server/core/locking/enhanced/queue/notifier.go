@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/runatlantis/atlantis/server/events/models"
@@ -28,18 +29,35 @@ const positionCommand = "lock queue position"
 // notifyTimeout bounds the VCS calls of one notification.
 const notifyTimeout = time.Minute
 
-// maxPositionPasses bounds how often one PostPositions posts a pull's places
-// that keep moving while it posts them.
-const maxPositionPasses = 3
-
 // Notifier writes the queue's comments on pull requests.
+//
+// Position comments are posted in the background, one pull at a time, each
+// pull once however often its places moved while it waited for its turn: a
+// hand-over never waits for them, and a burst of hand-overs costs each
+// moved pull one comment. One at a time is also how GitHub asks for the
+// requests that create content.
 type Notifier struct {
 	queues   enhanced.QueueBackend
 	vcs      Commenter
 	autoPlan bool
 	logger   logging.SimpleLogging
-	// posting serialises PostPositions per pull in this process.
-	posting pullMutexes
+
+	// mu guards the pulls whose places are to be posted.
+	mu sync.Mutex
+	// idle is signalled when the poster stops.
+	idle sync.Cond
+	// pending lists the pulls to post, each once (in toPost), oldest
+	// first. Invariant: a pull is taken off before its places are read, so a
+	// move told after that read posts it again.
+	pending []pullToPost
+	toPost  map[pullKey]bool
+	// posting says the poster runs; it stops when pending is empty.
+	posting bool
+}
+
+type pullToPost struct {
+	repo models.Repo
+	num  int
 }
 
 // NewNotifier returns a notifier reading queues and commenting through vcs;
@@ -49,44 +67,91 @@ func NewNotifier(queues enhanced.QueueBackend, vcs Commenter, autoPlan bool, log
 	if logger == nil {
 		logger = enhanced.NopLogger{}
 	}
-	return &Notifier{queues: queues, vcs: vcs, autoPlan: autoPlan, logger: logger}
+	n := &Notifier{queues: queues, vcs: vcs, autoPlan: autoPlan, logger: logger, toPost: map[pullKey]bool{}}
+	n.idle.L = &n.mu
+	return n
 }
 
-// PostPositions replaces the pull's position comment with one listing every
-// queue it is in, or only hides the old one when it is in none. Errors are
+// TellPositions has the pull's position comment replaced, in the
+// background, by one listing every queue it is in, or only hidden when it is
+// in none. It returns at once; Wait waits for the comment.
+func (n *Notifier) TellPositions(repo models.Repo, pullNum int) {
+	k := keyOf(repo.FullName, pullNum)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.toPost[k] {
+		return
+	}
+	n.toPost[k] = true
+	n.pending = append(n.pending, pullToPost{repo, pullNum})
+	if !n.posting {
+		n.posting = true
+		go n.post()
+	}
+}
+
+// Wait returns once no position comment is waiting to be posted.
+func (n *Notifier) Wait() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for n.posting {
+		n.idle.Wait()
+	}
+}
+
+// post posts the pending pulls' places until none is left.
+func (n *Notifier) post() {
+	for {
+		n.mu.Lock()
+		if len(n.pending) == 0 {
+			n.posting = false
+			n.pending = nil
+			n.idle.Broadcast()
+			n.mu.Unlock()
+			return
+		}
+		p := n.pending[0]
+		n.pending = n.pending[1:]
+		delete(n.toPost, keyOf(p.repo.FullName, p.num))
+		n.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
+		moved, err := n.postPositions(ctx, p.repo, p.num)
+		cancel()
+		if err == nil && moved {
+			n.TellPositions(p.repo, p.num)
+		}
+	}
+}
+
+// postPositions replaces the pull's position comment with its places now,
+// then reads them again and says whether they moved meanwhile. Errors are
 // logged (a missed position comment is noise lost, not a lock) and returned.
 //
 // Several replicas may post one pull's places at once (two of its projects
 // handed over, a hand-over beside a pull leaving): each hides the old
 // comments, then posts what it read, so one that read before another's
-// change could post its stale places last. So once posted, the places are
-// read again and posted again if they moved: whoever posts last then shows
-// what the queues hold. In this process one pull's places are posted by one
-// call at a time, so two calls here never both hide, then both post.
-func (n *Notifier) PostPositions(ctx context.Context, repo models.Repo, pullNum int) error {
-	unlock := n.posting.lock(keyOf(repo.FullName, pullNum))
-	defer unlock()
-	var shown string
-	for pass := 0; pass < maxPositionPasses; pass++ {
-		body, err := n.positions(ctx, repo, pullNum)
-		if err != nil {
-			return err
-		}
-		if pass > 0 && body == shown {
-			return nil
-		}
-		if err := n.vcs.HidePrevCommandComments(n.logger, repo, pullNum, positionCommand, ""); err != nil {
-			n.logger.Warn("hiding the previous queue position comments of pull %s#%d: %s", repo.FullName, pullNum, err)
-		}
-		if body != "" {
-			if err := n.vcs.CreateComment(n.logger, repo, pullNum, body, positionCommand); err != nil {
-				return n.failed(repo, pullNum, "commenting its queue positions", err)
-			}
-		}
-		shown = body
+// change could post its stale places last. Whoever posted places that moved
+// posts them again (the caller tells the pull again), so the post that lands
+// last shows what the queues hold.
+func (n *Notifier) postPositions(ctx context.Context, repo models.Repo, pullNum int) (moved bool, err error) {
+	body, err := n.positions(ctx, repo, pullNum)
+	if err != nil {
+		return false, err
 	}
-	n.logger.Warn("the queue positions of pull %s#%d kept moving while they were posted; the next move posts them again", repo.FullName, pullNum)
-	return nil
+	if err := n.vcs.HidePrevCommandComments(n.logger, repo, pullNum, positionCommand, ""); err != nil {
+		n.logger.Warn("hiding the previous queue position comments of pull %s#%d: %s", repo.FullName, pullNum, err)
+	}
+	if body != "" {
+		if err := n.vcs.CreateComment(n.logger, repo, pullNum, body, positionCommand); err != nil {
+			return false, n.failed(repo, pullNum, "commenting its queue positions", err)
+		}
+	}
+	now, err := n.positions(ctx, repo, pullNum)
+	if err != nil {
+		return false, err
+	}
+	return now != body, nil
 }
 
 // positions is the position comment for the pull's places now, or "" when it
@@ -116,7 +181,7 @@ func (n *Notifier) positions(ctx context.Context, repo models.Repo, pullNum int)
 // an entry of a higher priority sorts before older entries. A pull that
 // joins at the end of every queue moves nobody, so nobody else is told.
 func (n *Notifier) Queued(ctx context.Context, repo models.Repo, pullNum int) {
-	_ = n.PostPositions(ctx, repo, pullNum)
+	n.TellPositions(repo, pullNum)
 	entries, err := n.queues.PullEntries(ctx, repo.FullName, pullNum)
 	if err != nil {
 		_ = n.failed(repo, pullNum, "reading its queue entries, to tell the pulls behind it", err)
@@ -141,26 +206,22 @@ func (n *Notifier) Queued(ctx context.Context, repo models.Repo, pullNum int) {
 				continue
 			}
 			told[k] = true
-			_ = n.PostPositions(ctx, other.Lock.Pull.BaseRepo, other.Lock.Pull.Num)
+			n.TellPositions(other.Lock.Pull.BaseRepo, other.Lock.Pull.Num)
 		}
 	}
 }
 
 // QueuesMoved tells the pull that left queues (handed a lock, expired, or
 // gone) the places it still has, and every pull still waiting in them, whose
-// places moved up, its new ones: each pull once, bounded waiters never
-// (they are not told places).
-func (n *Notifier) QueuesMoved(ctx context.Context, left models.PullRequest, queues []enhanced.LockQueue) {
-	_ = n.PostPositions(ctx, left.BaseRepo, left.Num)
-	told := map[pullKey]bool{keyOf(left.BaseRepo.FullName, left.Num): true}
+// places moved up, its new ones; bounded waiters never (they are not told
+// places).
+func (n *Notifier) QueuesMoved(left models.PullRequest, queues []enhanced.LockQueue) {
+	n.TellPositions(left.BaseRepo, left.Num)
 	for _, q := range queues {
 		for _, e := range q.Entries {
-			k := keyOf(e.Lock.Pull.BaseRepo.FullName, e.Lock.Pull.Num)
-			if e.Synchronous || told[k] {
-				continue
+			if !e.Synchronous {
+				n.TellPositions(e.Lock.Pull.BaseRepo, e.Lock.Pull.Num)
 			}
-			told[k] = true
-			_ = n.PostPositions(ctx, e.Lock.Pull.BaseRepo, e.Lock.Pull.Num)
 		}
 	}
 }
@@ -180,7 +241,7 @@ func (n *Notifier) LeftQueues(ctx context.Context, entries []enhanced.QueueEntry
 		}
 		queues = append(queues, q)
 	}
-	n.QueuesMoved(ctx, entries[0].Lock.Pull, queues)
+	n.QueuesMoved(entries[0].Lock.Pull, queues)
 }
 
 func (n *Notifier) failed(repo models.Repo, pullNum int, doing string, err error) error {

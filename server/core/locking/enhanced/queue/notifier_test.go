@@ -88,15 +88,19 @@ func TestNotifier_PlacesThatMoveWhilePostedArePostedAgain(t *testing.T) {
 		mustLock(t, first.backend, pullLock(dir, 1))
 		enqueue(t, first.backend, pullLock(dir, 2), enhanced.PriorityNormal)
 	}
-	Ok(t, firstNotifier.PostPositions(ctx, pullLock("a", 2).Pull.BaseRepo, 2))
+	baseRepo := pullLock("a", 2).Pull.BaseRepo
+	firstNotifier.TellPositions(baseRepo, 2)
+	firstNotifier.Wait()
 	Equals(t, 1, len(github.visible(2)))
 
 	github.beforeHide = func() {
 		_, err := second.backend.Unlock(ctx, pullLock("b", 1).Project, "default")
 		Ok(t, err)
-		Ok(t, secondNotifier.PostPositions(ctx, pullLock("b", 2).Pull.BaseRepo, 2))
+		secondNotifier.TellPositions(baseRepo, 2)
+		secondNotifier.Wait()
 	}
-	Ok(t, firstNotifier.PostPositions(ctx, pullLock("a", 2).Pull.BaseRepo, 2))
+	firstNotifier.TellPositions(baseRepo, 2)
+	firstNotifier.Wait()
 	shown := github.visible(2)
 	Equals(t, 1, len(shown))
 	Assert(t, strings.Contains(shown[0], "`a`") && !strings.Contains(shown[0], "`b`"), "pull 2 shows stale places:\n%s", shown[0])

@@ -106,9 +106,11 @@ func (p *Policy) Left(entries []enhanced.QueueEntry) {
 	}()
 }
 
-// Wait returns once the notifications Left started have ended.
+// Wait returns once the notifications Left started have ended and the
+// position comments are posted.
 func (p *Policy) Wait() {
 	p.telling.Wait()
+	p.notifier.Wait()
 }
 
 // Track records that a command of the pull runs until the returned function

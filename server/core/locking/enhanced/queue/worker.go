@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -21,7 +22,9 @@ type Planner interface {
 }
 
 // NoticeWatcher is implemented by backends that announce new notices, so
-// they are delivered at once rather than at the next poll.
+// they are delivered at once rather than at the next poll. An announcement
+// made while the watcher is cut off is lost, so a watcher also signals each
+// time it is listening again: the claim that follows finds what it missed.
 type NoticeWatcher interface {
 	WatchNotices(ctx context.Context) <-chan struct{}
 }
@@ -34,10 +37,10 @@ const DefaultNoticeLease = 2 * time.Minute
 type WorkerOptions struct {
 	// AutoPlan re-plans the project for the pull handed its lock.
 	AutoPlan bool
-	// Lease is how long a claimed notice is this replica's to deliver before
-	// another may take it over (default DefaultNoticeLease). It must outlast
-	// the comment calls of one delivery, or another replica may post the
-	// same comment again.
+	// Lease is how long a claimed notice is this replica's before another
+	// may take it over (default DefaultNoticeLease). The claim is renewed
+	// right before each comment, so it must outlast one comment call, or
+	// another replica may post the same comment again.
 	Lease time.Duration
 	// Poll is how often due notices are claimed without an announcement
 	// (default 5s): a replica that died mid-delivery is taken over within
@@ -57,12 +60,21 @@ type WorkerOptions struct {
 // runs one; the outbox's leases make each notice one replica's at a time.
 //
 // Each notice is delivered exactly once in the sense that matters: a step
-// recorded as done (MarkNotice) is never repeated. The comment is recorded
-// after it is posted, so a replica that dies between the two (a window of
-// one Redis round trip) leaves it to be posted again: at most a duplicate
-// comment, never a missing one. The re-plan is recorded before it starts,
-// so it never runs twice; a replica that dies while the plan runs loses the
-// plan as upstream does, and the pull keeps the lock.
+// recorded as done (MarkNotice) is never repeated, and a step is taken only
+// while this replica's claim holds the notice: the claim is renewed right
+// before the comment (RenewNotice) and checked again as the re-plan is
+// recorded, so a claim that another replica took over (its lease ran out
+// while the batch's earlier notices were delivered) does nothing more. The
+// comment is recorded after it is posted, so a replica that dies between
+// the two (a window of one Redis round trip), or whose comment call outlasts
+// the lease, leaves it to be posted again: at most a duplicate comment,
+// never a missing one. The re-plan is recorded before it starts, so it
+// never runs twice; a replica that dies while the plan runs loses the plan
+// as upstream does, and the pull keeps the lock.
+//
+// Hand-overs do not wait for position comments: the pulls whose places a
+// notice moved are handed to the notifier, which posts them in the
+// background, each once however many notices moved it meanwhile.
 type Worker struct {
 	queues   enhanced.QueueBackend
 	notifier *Notifier
@@ -175,11 +187,16 @@ func (w *Worker) DeliverDue(ctx context.Context) (int, error) {
 		}
 		var errs []error
 		for _, n := range notices {
-			if err := w.deliver(ctx, n); err != nil {
+			err := w.deliver(ctx, n)
+			switch {
+			case errors.Is(err, enhanced.ErrNoticeLost):
+				// Another replica's claim took it, and delivers it.
+				w.opts.Logger.Debug("lock queue notice %q: %s", n.ID, err)
+			case err != nil:
 				errs = append(errs, err)
-				continue
+			default:
+				delivered++
 			}
-			delivered++
 		}
 		if err := errors.Join(errs...); err != nil || len(notices) < claimBatch {
 			return delivered, err
@@ -212,6 +229,9 @@ func (w *Worker) deliver(ctx context.Context, n enhanced.QueueNotice) error {
 			return w.ack(ctx, n, q)
 		}
 		if !n.Has(enhanced.StepCommented) {
+			if err := w.hold(ctx, n); err != nil {
+				return err
+			}
 			if err := w.notifier.Transferred(n); err != nil {
 				return err
 			}
@@ -235,6 +255,9 @@ func (w *Worker) deliver(ctx context.Context, n enhanced.QueueNotice) error {
 		}
 	case enhanced.NoticeExpired:
 		if !n.Has(enhanced.StepCommented) {
+			if err := w.hold(ctx, n); err != nil {
+				return err
+			}
 			if err := w.notifier.Expired(n, q.Holder); err != nil {
 				return err
 			}
@@ -246,14 +269,28 @@ func (w *Worker) deliver(ctx context.Context, n enhanced.QueueNotice) error {
 	return w.ack(ctx, n, q)
 }
 
-// ack deletes a delivered notice, then tells the pull that left the queue
+// hold renews n's claim right before a step that cannot be undone: a claim
+// that another took, or whose renewal came back after the lease it asked
+// for had ended (a replica frozen meanwhile), takes no more steps.
+func (w *Worker) hold(ctx context.Context, n enhanced.QueueNotice) error {
+	deadline := time.Now().Add(w.opts.Lease)
+	if err := w.queues.RenewNotice(ctx, n, w.opts.Lease); err != nil {
+		return err
+	}
+	if time.Now().After(deadline) {
+		return fmt.Errorf("queue notice %q: renewed after the lease ended: %w", n.ID, enhanced.ErrNoticeLost)
+	}
+	return nil
+}
+
+// ack deletes a delivered notice, then has the pull that left the queue
 // (its comment now lists only the queues it is still in) and the pulls still
-// in it their new places.
+// in it told their new places.
 func (w *Worker) ack(ctx context.Context, n enhanced.QueueNotice, q enhanced.LockQueue) error {
 	if err := w.queues.AckNotice(ctx, n); err != nil {
 		return err
 	}
-	w.notifier.QueuesMoved(ctx, n.Entry.Lock.Pull, []enhanced.LockQueue{q})
+	w.notifier.QueuesMoved(n.Entry.Lock.Pull, []enhanced.LockQueue{q})
 	return nil
 }
 
@@ -275,9 +312,11 @@ func (w *Worker) replan(lock models.ProjectLock) {
 	}()
 }
 
-// Wait returns once every re-plan this worker started has ended.
+// Wait returns once every re-plan this worker started has ended and the
+// position comments are posted.
 func (w *Worker) Wait() {
 	w.running.Wait()
+	w.notifier.Wait()
 }
 
 func key(lock models.ProjectLock) string {

@@ -37,9 +37,7 @@ type replica struct {
 
 func newReplica(t *testing.T, srv *redistest.Server, autoPlan bool, lease time.Duration) *replica {
 	t.Helper()
-	b, err := backends.NewRedis(srv.Client(t), backends.RedisOptions{})
-	Ok(t, err)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newBackend(t, srv)
 	vcs := vcsmocks.NewMockClient(pegomock.WithT(t))
 	planner := &recordingPlanner{}
 	notifier := queue.NewNotifier(b, vcs, autoPlan, nil)
@@ -329,9 +327,11 @@ func TestPolicy_QueuesOnlyPlansAndCommentsOncePerCommand(t *testing.T) {
 	}
 	Equals(t, 2, queued) // the deadlock detector heard of each
 	plan()
+	policy.Wait()
 	Equals(t, 0, len(withPrefix(positions, r))) // the apply still runs
 	apply()
 	apply() // a second call changes nothing
+	policy.Wait()
 	comments := withPrefix(positions, r)
 	Equals(t, 1, len(comments))
 	body := comments[0].body
@@ -385,6 +385,7 @@ func TestPolicy_TellsThePullsACriticalEntryWentAheadOf(t *testing.T) {
 		done := policy.Track(baseRepo, pull, true)
 		policy.Queued(enqueue(t, r.backend, pullLock("dir", pull), p))
 		done()
+		policy.Wait()
 	}
 	// placesOf is the place each position comment of pull gave it in the
 	// queue of dir.

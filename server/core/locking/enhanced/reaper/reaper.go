@@ -69,6 +69,22 @@ type Options struct {
 	Logger logging.SimpleLogging
 	// Scope counts the locks a dry run would release.
 	Scope tally.Scope
+	// CommandWait bounds how long a pass waits for a running command of a
+	// pull to end before it leaves the pull to the next pass (default 30s).
+	CommandWait time.Duration
+}
+
+// DefaultCommandWait is Options.CommandWait's default.
+const DefaultCommandWait = 30 * time.Second
+
+// Leases are the command leases a pass holds.
+type Leases struct {
+	// Turn makes one replica reap at a time: give its manager a short wait
+	// timeout, since a replica that finds another reaping skips its pass.
+	Turn *commandlease.Manager
+	// Pulls is the manager the pull requests' commands take their leases
+	// from: the reaper holds a pull's lease as one of its commands does.
+	Pulls *commandlease.Manager
 }
 
 // reaperPull is the pseudo pull whose command lease a pass holds, so that
@@ -79,27 +95,34 @@ var reaperPull = enhanced.PullRef{RepoFullName: "atlantis-enhanced/stale-lock-re
 // the VCS, and releases those of closed or merged pull requests.
 //
 // Invariant: a pull request's locks are released only after the VCS said,
-// during this pass, that it is closed or merged; any error (the VCS down, a
-// VCS the reaper cannot ask) leaves the pull's locks as they are.
+// during this pass, that it is closed or merged, and only while the reaper
+// still holds the pull's command lease it took before asking: no command of
+// the pull (a plan after it was reopened) runs between the answer and the
+// release. Any error (the VCS down, a VCS the reaper cannot ask, a command
+// of the pull that keeps running) leaves the pull's locks as they are.
 type Reaper struct {
 	locks  Locks
 	queues enhanced.QueueBackend
 	states PullStates
-	leases *commandlease.Manager
+	leases Leases
 	opts   Options
 	// candidates counts the locks dry runs would have released.
 	candidates tally.Counter
 }
 
-// New returns a reaper. queues may be nil (no priority queue). leases make
-// one replica reap at a time: give it a short wait timeout, since a replica
-// that finds another reaping skips its pass.
-func New(locks Locks, queues enhanced.QueueBackend, states PullStates, leases *commandlease.Manager, opts Options) (*Reaper, error) {
+// New returns a reaper. queues may be nil (no priority queue).
+func New(locks Locks, queues enhanced.QueueBackend, states PullStates, leases Leases, opts Options) (*Reaper, error) {
 	if opts.Interval <= 0 {
 		return nil, fmt.Errorf("the stale-lock reaper interval must be positive, got %s", opts.Interval)
 	}
 	if opts.CallsPerSecond <= 0 {
 		return nil, fmt.Errorf("the stale-lock reaper rate must be positive, got %g", opts.CallsPerSecond)
+	}
+	if leases.Turn == nil || leases.Pulls == nil {
+		return nil, errors.New("the stale-lock reaper needs the command leases of its turn and of the pull requests")
+	}
+	if opts.CommandWait <= 0 {
+		opts.CommandWait = DefaultCommandWait
 	}
 	if opts.Logger == nil {
 		opts.Logger = enhanced.NopLogger{}
@@ -142,7 +165,7 @@ type Result struct {
 
 // Pass checks every pull request holding a lock or a queue entry once.
 func (r *Reaper) Pass(ctx context.Context) (Result, error) {
-	lease, err := r.leases.Acquire(ctx, reaperPull, "stale-lock reaper pass")
+	lease, err := r.leases.Turn.Acquire(ctx, reaperPull, "stale-lock reaper pass")
 	var busy *commandlease.WaitTimeoutError
 	switch {
 	case errors.As(err, &busy):
@@ -172,34 +195,54 @@ func (r *Reaper) Pass(ctx context.Context) (Result, error) {
 			return res, fmt.Errorf("stopped after %d pull requests: %w", res.Checked, err)
 		}
 		res.Checked++
-		state, err := r.states.PullState(p.repo, p.num)
-		if err != nil {
-			r.opts.Logger.Warn("stale-lock reaper: asking the VCS about %s#%d (its locks stay): %s", p.repo.FullName, p.num, err)
-			continue
-		}
-		if state == PullOpen {
-			continue
-		}
-		if r.opts.DryRun {
-			r.opts.Logger.Info("stale-lock reaper (dry run): %s#%d is %s; it would release %d lock(s) and its queue entries: %s",
-				p.repo.FullName, p.num, state, len(p.locks), lockNames(p.locks))
-			r.candidates.Inc(int64(len(p.locks)))
-			res.Released = append(res.Released, p.locks...)
-			continue
-		}
-		released, err := r.locks.UnlockByPull(p.repo.FullName, p.num)
-		if err != nil {
-			r.opts.Logger.Warn("stale-lock reaper: releasing the locks of %s pull request %s#%d: %s", state, p.repo.FullName, p.num, err)
-			continue
-		}
-		r.opts.Logger.Info("stale-lock reaper: %s#%d is %s; released %d lock(s) and its queue entries: %s",
-			p.repo.FullName, p.num, state, len(released), lockNames(released))
-		for i := range released {
-			r.opts.Events.Publish(events.Event{Type: events.EventLockReaped, Time: time.Now(), Lock: &released[i]})
-		}
-		res.Released = append(res.Released, released...)
+		res.Released = append(res.Released, r.reap(ctx, p)...)
 	}
 	return res, nil
+}
+
+// reap asks the VCS about p and releases its locks if it is closed or
+// merged, all under p's command lease, and returns what it released (in a
+// dry run, what it would have).
+func (r *Reaper) reap(ctx context.Context, p pullHoldings) []models.ProjectLock {
+	name := fmt.Sprintf("%s#%d", p.repo.FullName, p.num)
+	waitCtx, cancel := context.WithTimeout(ctx, r.opts.CommandWait)
+	lease, err := r.leases.Pulls.Acquire(waitCtx, enhanced.PullRef{RepoFullName: p.repo.FullName, Num: p.num}, "stale-lock reaper")
+	cancel()
+	if err != nil {
+		r.opts.Logger.Warn("stale-lock reaper: %s is left to the next pass (its locks stay): %s", name, err)
+		return nil
+	}
+	defer lease.Release()
+	state, err := r.states.PullState(p.repo, p.num)
+	if err != nil {
+		r.opts.Logger.Warn("stale-lock reaper: asking the VCS about %s (its locks stay): %s", name, err)
+		return nil
+	}
+	if state == PullOpen {
+		return nil
+	}
+	if r.opts.DryRun {
+		r.opts.Logger.Info("stale-lock reaper (dry run): %s is %s; it would release %d lock(s) and its queue entries: %s",
+			name, state, len(p.locks), lockNames(p.locks))
+		r.candidates.Inc(int64(len(p.locks)))
+		return p.locks
+	}
+	// The VCS answer holds only while no command of the pull could have run.
+	if err := lease.Err(); err != nil {
+		r.opts.Logger.Warn("stale-lock reaper: %s is %s, but its command lease ran out before the release (its locks stay): %s", name, state, err)
+		return nil
+	}
+	released, err := r.locks.UnlockByPull(p.repo.FullName, p.num)
+	if err != nil {
+		r.opts.Logger.Warn("stale-lock reaper: releasing the locks of %s pull request %s: %s", state, name, err)
+		return nil
+	}
+	r.opts.Logger.Info("stale-lock reaper: %s is %s; released %d lock(s) and its queue entries: %s",
+		name, state, len(released), lockNames(released))
+	for i := range released {
+		r.opts.Events.Publish(events.Event{Type: events.EventLockReaped, Time: time.Now(), Lock: &released[i]})
+	}
+	return released
 }
 
 // pullHoldings is one pull request and the locks it holds.

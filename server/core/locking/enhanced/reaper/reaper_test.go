@@ -30,24 +30,35 @@ import (
 
 // vcsStandIn answers what the VCS says of each pull; pulls it does not know
 // are open. fail makes every answer an error. block, when set, holds every
-// answer until it is closed.
+// answer until it is closed. answered, when set, runs once an answer is
+// decided and before it reaches the reaper.
 type vcsStandIn struct {
-	mu     sync.Mutex
-	states map[int]reaper.PullState
-	fail   error
-	block  chan struct{}
-	asked  []time.Time
+	mu       sync.Mutex
+	states   map[int]reaper.PullState
+	fail     error
+	block    chan struct{}
+	answered func(pullNum int, state reaper.PullState)
+	asked    []time.Time
 }
 
 func (v *vcsStandIn) PullState(_ models.Repo, pullNum int) (reaper.PullState, error) {
 	v.mu.Lock()
 	v.asked = append(v.asked, time.Now())
-	block, state, fail := v.block, v.states[pullNum], v.fail
+	block, state, fail, answered := v.block, v.states[pullNum], v.fail, v.answered
 	v.mu.Unlock()
 	if block != nil {
 		<-block
 	}
+	if answered != nil {
+		answered(pullNum, state)
+	}
 	return state, fail
+}
+
+func (v *vcsStandIn) set(pullNum int, state reaper.PullState) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.states[pullNum] = state
 }
 
 // replica is one Atlantis replica's locking on a shared Redis.
@@ -55,6 +66,10 @@ type replica struct {
 	adapter *enhanced.Adapter
 	backend *backends.Redis
 	leases  *commandlease.Manager
+	// commands is the manager the replica's commands take their pulls'
+	// leases from; commandScope counts its waits.
+	commands     *commandlease.Manager
+	commandScope tally.TestScope
 }
 
 func newReplica(t *testing.T, srv *redistest.Server) replica {
@@ -63,7 +78,7 @@ func newReplica(t *testing.T, srv *redistest.Server) replica {
 	Ok(t, err)
 	legacyDB, err := boltdb.New(t.TempDir())
 	Ok(t, err)
-	legacy, err := legacydb.Guard(legacyDB)
+	legacy, err := legacydb.Guard(legacyDB, legacydb.Options{})
 	Ok(t, err)
 	vcs := vcsmocks.NewMockClient(pegomock.WithT(t))
 	policy := queue.NewPolicy(queue.DefaultRules(), time.Hour, queue.NewNotifier(b, vcs, false, logging.NewNoopLogger(t)))
@@ -75,7 +90,10 @@ func newReplica(t *testing.T, srv *redistest.Server) replica {
 	})
 	leases, err := commandlease.NewManager(b, commandlease.Options{TTL: 10 * time.Second, WaitTimeout: 200 * time.Millisecond})
 	Ok(t, err)
-	return replica{adapter: a, backend: b, leases: leases}
+	scope := tally.NewTestScope("", nil)
+	commands, err := commandlease.NewManager(b, commandlease.Options{TTL: 10 * time.Second, WaitTimeout: time.Minute, Scope: scope})
+	Ok(t, err)
+	return replica{adapter: a, backend: b, leases: leases, commands: commands, commandScope: scope}
 }
 
 func newReaper(t *testing.T, r replica, vcs reaper.PullStates, opts reaper.Options) *reaper.Reaper {
@@ -86,7 +104,7 @@ func newReaper(t *testing.T, r replica, vcs reaper.PullStates, opts reaper.Optio
 	if opts.CallsPerSecond == 0 {
 		opts.CallsPerSecond = 1000
 	}
-	rp, err := reaper.New(r.adapter, r.backend, vcs, r.leases, opts)
+	rp, err := reaper.New(r.adapter, r.backend, vcs, reaper.Leases{Turn: r.leases, Pulls: r.commands}, opts)
 	Ok(t, err)
 	return rp
 }
@@ -135,6 +153,80 @@ func TestReaper_ReleasesTheLocksOfClosedAndMergedPullsOnly(t *testing.T) {
 	Ok(t, err)
 	Equals(t, 0, len(entries))
 	Equals(t, 2, len(heard.OfType(events.EventLockReaped)))
+}
+
+// TestReaper_KeepsTheLocksOfAPullReopenedAndPlannedAsItIsChecked: the VCS
+// answers that the pull is closed, and right then the pull is reopened and
+// planned again. The plan's new lock survives the pass: the plan cannot run
+// between the answer and the release, which are made under the pull's
+// command lease, so it runs once the old locks are released.
+func TestReaper_KeepsTheLocksOfAPullReopenedAndPlannedAsItIsChecked(t *testing.T) {
+	r := newReplica(t, redistest.Start(t))
+	old := lock(t, r, "old", 2)
+	fresh := enhancedtest.NewLock("org/repo", "new", "default", "", 2)
+	planned := make(chan struct{})
+	vcs := &vcsStandIn{states: map[int]reaper.PullState{2: reaper.PullClosed}}
+	var reopen sync.Once
+	vcs.answered = func(pullNum int, state reaper.PullState) {
+		reopen.Do(func() {
+			vcs.set(2, reaper.PullOpen)
+			go func() {
+				defer close(planned)
+				lease, err := r.commands.Acquire(context.Background(), enhanced.PullRef{RepoFullName: "org/repo", Num: 2}, "plan")
+				if err != nil {
+					t.Errorf("the plan did not run: %s", err)
+					return
+				}
+				defer lease.Release()
+				if acquired, _, err := r.adapter.TryLock(fresh); err != nil || !acquired {
+					t.Errorf("the plan did not take its lock: acquired=%v err=%v", acquired, err)
+				}
+			}()
+			// The answer reaches the reaper once the plan has run or waits
+			// for the pull's lease.
+			waits := func() int64 {
+				c := r.commandScope.Snapshot().Counters()["command_lease.waits_total+"]
+				if c == nil {
+					return 0
+				}
+				return c.Value()
+			}
+			for deadline := time.Now().Add(30 * time.Second); waits() == 0; {
+				select {
+				case <-planned:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("the plan neither ran nor waited for the pull's lease")
+					return
+				}
+			}
+		})
+	}
+
+	res, err := newReaper(t, r, vcs, reaper.Options{}).Pass(context.Background())
+	Ok(t, err)
+	<-planned
+	Equals(t, 0, holder(t, r, old))
+	Equals(t, 2, holder(t, r, fresh))
+	Equals(t, 1, len(res.Released))
+}
+
+// A pull whose command keeps running past the reaper's wait is neither asked
+// about nor released in this pass.
+func TestReaper_LeavesAPullWhoseCommandRunsToTheNextPass(t *testing.T) {
+	r := newReplica(t, redistest.Start(t))
+	closed := lock(t, r, "closed", 2)
+	running, err := r.commands.Acquire(context.Background(), enhanced.PullRef{RepoFullName: "org/repo", Num: 2}, "apply")
+	Ok(t, err)
+	defer running.Release()
+	vcs := &vcsStandIn{states: map[int]reaper.PullState{2: reaper.PullClosed}}
+	res, err := newReaper(t, r, vcs, reaper.Options{CommandWait: 100 * time.Millisecond}).Pass(context.Background())
+	Ok(t, err)
+	Equals(t, 0, len(res.Released))
+	Equals(t, 0, len(vcs.asked))
+	Equals(t, 2, holder(t, r, closed))
 }
 
 func TestReaper_DryRunReleasesNothing(t *testing.T) {
@@ -208,8 +300,10 @@ func TestReaper_KeepsToItsRate(t *testing.T) {
 }
 
 func TestNew_RejectsBadOptions(t *testing.T) {
-	_, err := reaper.New(nil, nil, nil, nil, reaper.Options{Interval: 0, CallsPerSecond: 1})
+	_, err := reaper.New(nil, nil, nil, reaper.Leases{}, reaper.Options{Interval: 0, CallsPerSecond: 1})
 	ErrContains(t, "interval must be positive", err)
-	_, err = reaper.New(nil, nil, nil, nil, reaper.Options{Interval: time.Hour, CallsPerSecond: 0})
+	_, err = reaper.New(nil, nil, nil, reaper.Leases{}, reaper.Options{Interval: time.Hour, CallsPerSecond: 0})
 	ErrContains(t, "rate must be positive", err)
+	_, err = reaper.New(nil, nil, nil, reaper.Leases{}, reaper.Options{Interval: time.Hour, CallsPerSecond: 1})
+	ErrContains(t, "needs the command leases", err)
 }

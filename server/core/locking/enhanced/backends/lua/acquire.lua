@@ -6,6 +6,7 @@
 -- with the same arguments answers the same (a lock it took is now held by
 -- the same pull and is adopted again), so a call whose reply was lost can be
 -- repeated to learn its outcome.
+check_lock_keys()
 local current = redis.call('GET', KEYS[1])
 if not current then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -15,12 +16,12 @@ if not current then
   forget_pull_entry(ARGV[2], ARGV[3])
   return {1, ARGV[1]}
 end
--- Indexing here also picks up locks an upstream replica created.
-redis.call('SADD', KEYS[5], KEYS[1])
 local lock = decode(current)
 if not lock then
   return {-1, current}
 end
+-- Indexing here also picks up locks an upstream replica created.
+redis.call('SADD', KEYS[5], KEYS[1])
 if same_pull(lock, ARGV[2], ARGV[3]) then
   forget_pull_entry(ARGV[2], ARGV[3])
   return {1, adopt(current, ARGV[4])}

@@ -7,6 +7,7 @@
 -- ARGV: 1 token, 2 replica, 3 command, 4 lease ttl ms, 5 waiter ttl ms,
 --       6 repo, 7 pull number
 -- Returns {granted 1/0, waiters ahead, holder token, replica, command, since}.
+check_types('hash', 'zset', 'hash')
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
@@ -20,9 +21,11 @@ if holder[1] == token then
   return {1, 0, holder[1], holder[2], holder[3], holder[4]}
 end
 
--- A waiter that stopped asking (its replica died) holds nobody up.
+-- A waiter that stopped asking (its replica died) holds nobody up, nor does
+-- one whose liveness is no time.
 for _, w in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if w ~= token and tonumber(redis.call('HGET', KEYS[3], w) or '0') < now then
+  local live = tonumber(redis.call('HGET', KEYS[3], w))
+  if w ~= token and not (live and live >= now) then
     redis.call('ZREM', KEYS[2], w)
     redis.call('HDEL', KEYS[3], w)
   end

@@ -2,6 +2,7 @@
 -- itself left (closed, unlocked, or it asked to).
 -- ARGV: 1 pull base repo, 2 pull number
 -- Returns 1 when there was an entry, else 0.
+check_lock_keys()
 local token = redis.call('HGET', KEYS[8], 'p:' .. pull_id(ARGV[1], ARGV[2]))
 forget_pull_entry(ARGV[1], ARGV[2])
 if redis.call('HLEN', KEYS[8]) == 0 then

@@ -4,6 +4,7 @@
 -- KEYS: 1 outbox, 2 notices (see helpers.lua, KEYS[9] and KEYS[10])
 -- ARGV: 1 lease ms, 2 max notices, 3 claim id
 -- Returns {id, notice, steps done, ...}.
+check_types('zset', 'hash')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}

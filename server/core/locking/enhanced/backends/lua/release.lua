@@ -4,8 +4,9 @@
 --       or '' to record none; 5 a pull ("<base repo>#<number>") to report
 --       on, or ''
 -- Returns {1, released lock, queued}, {0, false, queued} when there was
--- nothing to release, or {-1, stored value, queued} when the stored lock is
--- corrupt (left in place). queued is 1 when the pull of ARGV[5] has a
+-- nothing to release, or {-1, stored value, queued} when a release by pull
+-- finds a corrupt lock, which it leaves in place; a release by key frees a
+-- corrupt lock too (helpers.lua). queued is 1 when the pull of ARGV[5] has a
 -- durable entry in the lock's queue after the call, else 0: UnlockByPull
 -- keeps such a lock in the pull's index, which it otherwise empties.
 --
@@ -19,6 +20,7 @@ local function queued()
   return 0
 end
 
+check_lock_keys()
 local id = ARGV[2]
 -- One read for both: the record of the last release and the lock.
 local got = redis.call('MGET', KEYS[6], KEYS[1])
@@ -31,12 +33,12 @@ if last and string.sub(last, 1, #id + 1) == id .. '\n' then
   return {1, released, queued()}
 end
 
-if current then
-  local pull = held_by(current)
-  if not pull then
+if current and ARGV[1] ~= '' then
+  local lock = decode(current)
+  if not lock then
     return {-1, current, queued()}
   end
-  if ARGV[1] ~= '' and pull ~= tonumber(ARGV[1]) then
+  if lock['Pull']['Num'] ~= tonumber(ARGV[1]) then
     current = nil
   end
 end

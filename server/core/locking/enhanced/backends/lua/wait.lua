@@ -5,6 +5,7 @@
 --       repo, 4 pull number, 5 headstart us, 6 liveness ttl ms, 7 handoff
 --       channel
 -- Returns {1, lock held} or {0, current lock or nil}; {-1, value} if corrupt.
+check_lock_keys()
 local token = ARGV[1]
 local current = redis.call('GET', KEYS[1])
 if current then
