@@ -9,7 +9,7 @@ PKGS = ./...
 TOOLS = $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build deps lint test unit e2e bench run clean
+.PHONY: build deps lint test unit e2e chaos bench run clean
 
 build:
 	$(GO) build -o bin/atlantis .
@@ -33,6 +33,12 @@ unit:
 
 e2e: deps build
 	$(GO) test -count=1 -timeout 20m -v ./e2e/...
+
+# Faults on purpose, under traffic: Redis killed, cut off and failed over,
+# replicas killed; each scenario prints a CHAOS line, the failover measurement
+# REPLICATION lines (see e2e/chaos).
+chaos: deps
+	$(GO) test -count=1 -timeout 20m -v ./e2e/chaos/
 
 # Lock latency through db.Database against upstream's databases, interleaved,
 # as BENCH lines (see runatlantis.io/docs/enhanced-locking-benchmarks.md).

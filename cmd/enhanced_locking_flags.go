@@ -28,6 +28,7 @@ const (
 	EnhancedLockingRedisKeyPrefixFlag      = "enhanced-locking-redis-key-prefix"
 	EnhancedLockingRedisPoolSizeFlag       = "enhanced-locking-redis-pool-size"
 	EnhancedLockingRedisDialTimeoutFlag    = "enhanced-locking-redis-dial-timeout"
+	EnhancedLockingRedisWaitReplicasFlag   = "enhanced-locking-redis-wait-replicas"
 	EnhancedLockingPriorityQueueFlag       = "enhanced-locking-priority-queue"
 	EnhancedLockingPriorityRulesFlag       = "enhanced-locking-priority-rules"
 	EnhancedLockingQueueTimeoutFlag        = "enhanced-locking-queue-timeout"
@@ -178,6 +179,14 @@ var enhancedFlags = []enhancedFlag{
 		description: "How long to wait for a Redis connection, as a Go duration such as 5s.",
 		get:         func(c server.EnhancedLockingConfig) string { return c.Redis.DialTimeout.String() },
 		set:         durationSetter(true, func(c *server.EnhancedLockingConfig, v time.Duration) { c.Redis.DialTimeout = v }),
+	},
+	{
+		name: EnhancedLockingRedisWaitReplicasFlag,
+		description: "How many replicas each Redis write must reach before it counts as done: every lock, queue and lease write then waits (WAIT, up to 1s) for that many replicas to acknowledge it, and fails closed, reported as not done, when fewer do (a replica down or lagging). " +
+			"Set it where sentinel or cluster replicas take over from a failed master: replication is asynchronous, so without it a failover can lose a lock the master acknowledged and grant it again. " +
+			"It narrows that window but does not make Redis strongly consistent: a failover can still promote a replica that missed an acknowledged write, and a write reported failed may still take effect (see Redis's WAIT documentation and Jepsen's Redis analyses). 0 does not wait.",
+		get: func(c server.EnhancedLockingConfig) string { return strconv.Itoa(c.Redis.WaitReplicas) },
+		set: intSetter(0, "0 or more replicas", func(c *server.EnhancedLockingConfig, v int) { c.Redis.WaitReplicas = v }),
 	},
 	{
 		name:        EnhancedLockingPriorityQueueFlag,

@@ -76,6 +76,7 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 		"--enhanced-locking-redis-key-prefix=team-a:",
 		"--enhanced-locking-redis-pool-size=7",
 		"--enhanced-locking-redis-dial-timeout=2s",
+		"--enhanced-locking-redis-wait-replicas=1",
 		"--enhanced-locking-priority-queue",
 		"--enhanced-locking-priority-rules="+rules,
 		"--enhanced-locking-queue-timeout=3h",
@@ -103,7 +104,7 @@ func TestServerCmd_ParsesEveryFlag(t *testing.T) {
 		Redis: server.RedisLockingConfig{
 			Mode: "sentinel", Addrs: []string{"s1:26379", "s2:26379"}, SentinelMaster: "locks",
 			Username: "atlantis", Password: "pw", DB: 3, TLSEnabled: true, TLSCAFile: ca,
-			KeyPrefix: "team-a:", PoolSize: 7, DialTimeout: 2 * time.Second,
+			KeyPrefix: "team-a:", PoolSize: 7, DialTimeout: 2 * time.Second, WaitReplicas: 1,
 		},
 		Features: server.LockingFeaturesConfig{
 			PriorityQueue: true, PriorityRulesFile: rules, QueueTimeout: 3 * time.Hour, QueueNoticeLease: 90 * time.Second, WaitTimeout: 4 * time.Second,
@@ -164,6 +165,8 @@ func TestServerCmd_BadInput(t *testing.T) {
 			nil, `--enhanced-locking-redis-mode=standalone takes one address, got 2`},
 		{"zero duration", []string{"--enhanced-locking-queue-timeout=0s"},
 			nil, `invalid --enhanced-locking-queue-timeout "0s": use a duration greater than zero`},
+		{"negative replica count", []string{"--enhanced-locking-redis-wait-replicas=-1"},
+			nil, `invalid --enhanced-locking-redis-wait-replicas "-1": use a whole number: 0 or more replicas`},
 		{"negative duration", []string{"--enhanced-locking-redis-dial-timeout=-1s"},
 			nil, `invalid --enhanced-locking-redis-dial-timeout "-1s": use a duration greater than zero`},
 		{"command lease shorter than a second", []string{"--enhanced-locking-command-lease-ttl=500ms"},

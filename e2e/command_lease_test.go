@@ -14,6 +14,7 @@ import (
 
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
@@ -28,26 +29,12 @@ const leaseRounds = 10
 const leaseLogMarker = "the pull's command lease"
 
 // spanningWorkflowConfig is a server-side repo config whose plan and apply
-// steps append "<command>-start <unix ns>" and "<command>-end <unix ns>" to
-// spans, around Terraform: a witness of overlap that does not rely on
-// Atlantis's own logs.
+// record their spans in the file spans (see e2ekit.Workflow).
 func spanningWorkflowConfig(t *testing.T, spans string) string {
 	t.Helper()
-	mark := func(what string) map[string]any {
-		return map[string]any{"run": `echo "` + what + ` $(date +%s%N)" >> '` + spans + `'`}
-	}
-	cfg := map[string]any{
-		"repos": []any{map[string]any{"id": "/.*/", "workflow": "spanning"}},
-		"workflows": map[string]any{
-			"spanning": map[string]any{
-				"plan":  map[string]any{"steps": []any{mark("plan-start"), "init", "plan", mark("plan-end")}},
-				"apply": map[string]any{"steps": []any{mark("apply-start"), "apply", mark("apply-end")}},
-			},
-		},
-	}
-	b, err := json.Marshal(cfg)
+	cfg, err := e2ekit.Workflow{Spans: spans}.RepoConfig()
 	Ok(t, err)
-	return string(b)
+	return cfg
 }
 
 // TestOnePullsCommandsNeverOverlap: for one pull request, `atlantis plan`
@@ -185,29 +172,15 @@ func commandRuns(t *testing.T, lines []string, pullNum int) (runs []run, unfinis
 	return runs, open
 }
 
-// stepSpans reads the spans the workflow steps wrote.
+// stepSpans reads the spans the workflow steps wrote, each of which ended.
 func stepSpans(t *testing.T, path string) []run {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	spans, err := e2ekit.ReadSpans(path)
 	Ok(t, err)
-	open := map[string]time.Time{}
-	var runs []run
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		name, ns, ok := strings.Cut(line, " ")
-		Assert(t, ok, "bad span line %q", line)
-		n, err := strconv.ParseInt(ns, 10, 64)
-		Ok(t, err)
-		at := time.Unix(0, n)
-		cmd, edge, _ := strings.Cut(name, "-")
-		if edge == "start" {
-			Assert(t, len(open) == 0, "%s started at %s while %v had not ended", cmd, at, open)
-			open[cmd] = at
-			continue
-		}
-		start, ok := open[cmd]
-		Assert(t, ok, "%s ended at %s without starting", cmd, at)
-		delete(open, cmd)
-		runs = append(runs, run{what: cmd, start: start, end: at})
+	runs := make([]run, len(spans))
+	for i, s := range spans {
+		Assert(t, !s.End.IsZero(), "%s never ended", s)
+		runs[i] = run{what: s.Command, start: s.Start, end: s.End}
 	}
 	return runs
 }

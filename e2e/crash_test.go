@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,28 +10,18 @@ import (
 
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
 
 // stallingPlanConfig is a server-side repo config whose plan workflow first
-// runs a step that stalls while the file stall exists, for at most 30
-// seconds, and ends at once when the replica running it dies ($PPID is the
-// atlantis process).
+// runs a step that stalls while the file stall exists (see e2ekit.Workflow).
 func stallingPlanConfig(t *testing.T, stall string) string {
 	t.Helper()
-	step := `i=0; while [ $i -lt 300 ] && [ -e '` + stall + `' ] && kill -0 $PPID 2>/dev/null; do sleep 0.1; i=$((i+1)); done`
-	cfg := map[string]any{
-		"repos": []any{map[string]any{"id": "/.*/", "workflow": "stalling"}},
-		"workflows": map[string]any{
-			"stalling": map[string]any{
-				"plan": map[string]any{"steps": []any{map[string]any{"run": step}, "init", "plan"}},
-			},
-		},
-	}
-	b, err := json.Marshal(cfg)
+	cfg, err := e2ekit.Workflow{Stall: stall}.RepoConfig()
 	Ok(t, err)
-	return string(b)
+	return cfg
 }
 
 // TestReplicaKilledMidPlan: the replica planning a pull request dies with

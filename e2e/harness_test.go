@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 	"github.com/atlantis-enhanced/atlantis/testdrive"
 	"github.com/atlantis-enhanced/atlantis/testing/redistest"
@@ -335,27 +336,17 @@ func (h *harness) unlockEach(replicas []*testdrive.Replica, prs []*vcssim.PullRe
 }
 
 // Comment bodies, as upstream Atlantis words them.
-
-func isPlanResult(body string) bool { return strings.Contains(body, "Ran Plan for") }
-
-// isPlanned is a successful plan of the project.
-func isPlanned(body string) bool {
-	return isPlanResult(body) && strings.Contains(body, "terraform_data.") && !isLockedOut(body) &&
-		!strings.Contains(body, "Plan Error") && !strings.Contains(body, "Plan Failed")
-}
-
-// isLockedOut is upstream's answer to a pull that finds the project locked.
-func isLockedOut(body string) bool {
-	return strings.Contains(body, "This project is currently locked by an unapplied plan from pull")
-}
+var (
+	isPlanResult = e2ekit.IsPlanResult
+	// isPlanned is a successful plan of the project.
+	isPlanned   = e2ekit.IsPlanned
+	isLockedOut = e2ekit.IsLockedOut
+	isUnlocked  = e2ekit.IsUnlocked
+)
 
 // lockedBy says whether body tells that pull number holds the lock.
 func lockedBy(body string, number int) bool {
 	return isLockedOut(body) && strings.Contains(body, fmt.Sprintf("unapplied plan from pull #%d.", number))
-}
-
-func isUnlocked(body string) bool {
-	return strings.Contains(body, "All Atlantis locks for this PR have been unlocked and plans discarded")
 }
 
 func isApplied(body string) bool {

@@ -11,6 +11,7 @@ import (
 
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
@@ -30,8 +31,10 @@ func newQueueHarness(t *testing.T, opts harnessOptions) *harness {
 // The queue's comments, as server/core/locking/enhanced/queue/notifier.go
 // words them.
 
-func isPositionComment(body string) bool { return strings.HasPrefix(body, "**Lock queue position**") }
-func isHandedOver(body string) bool      { return strings.HasPrefix(body, "**Lock handed over**") }
+var (
+	isPositionComment = e2ekit.IsQueuePosition
+	isHandedOver      = e2ekit.IsHandedOver
+)
 
 // positionRow is the row of a position comment for the project in dir:
 // "| `dir` (workspace `default`) | 1 of 2 | #1 | normal | ... |".

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,9 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/runatlantis/atlantis/server/events/models"
 	. "github.com/runatlantis/atlantis/testing"
 
+	"github.com/atlantis-enhanced/atlantis/e2e/e2ekit"
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 )
 
@@ -109,21 +108,7 @@ func (h *harness) lockHolder() int {
 func (h *harness) holder(key string) (int, error) {
 	ctx, cancel := h.rctx()
 	defer cancel()
-	value, err := h.rdb.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	var lock models.ProjectLock
-	if err := json.Unmarshal([]byte(value), &lock); err != nil {
-		return 0, fmt.Errorf("lock %s is not upstream's JSON: %w: %s", key, err, value)
-	}
-	if lock.Pull.Num <= 0 || lock.Pull.BaseRepo.FullName != repoFull || "pr/"+models.GenerateLockKey(lock.Project, lock.Workspace) != key {
-		return 0, fmt.Errorf("lock %s holds an unexpected value: %s", key, value)
-	}
-	return lock.Pull.Num, nil
+	return e2ekit.LockHolder(ctx, h.rdb, key)
 }
 
 // waitNoLock waits until the project lock is gone from Redis.

@@ -98,6 +98,7 @@ func (r RedisLockingConfig) clientConfig() redisclient.Config {
 		TLSInsecureSkipVerify: r.TLSInsecureSkipVerify,
 		PoolSize:              r.PoolSize,
 		DialTimeout:           r.DialTimeout,
+		WaitReplicas:          r.WaitReplicas,
 	}
 }
 

@@ -61,6 +61,9 @@ type RedisLockingConfig struct {
 	KeyPrefix   string
 	PoolSize    int
 	DialTimeout time.Duration
+	// WaitReplicas is how many replicas each write must reach before it
+	// counts as done (see redis.Config.WaitReplicas); 0 does not wait.
+	WaitReplicas int
 }
 
 // LockingFeaturesConfig switches the features built on top of the backend.

@@ -48,7 +48,7 @@ var (
 
 	deliveryClaimScript   = redis.NewScript(deliveryHelpersLua + "\n" + deliveryClaimLua)
 	deliveryConfirmScript = redis.NewScript(deliveryHelpersLua + "\n" + deliveryConfirmLua)
-	deliveryForgetScript  = redis.NewScript(deliveryForgetLua)
+	deliveryForgetScript  = redis.NewScript(deliveryHelpersLua + "\n" + deliveryForgetLua)
 	deliverySeenScript    = redis.NewScript(deliveryHelpersLua + "\n" + deliverySeenLua)
 )
 
@@ -127,23 +127,34 @@ func (d *deliveryDeduper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	expiry, err := d.claim(r.Context(), dl.record)
 	if err != nil {
-		// Losing the dedupe record is better than losing the event.
+		// Losing the dedupe record is better than losing the event. The claim
+		// may have been stored all the same (its reply lost, or too few
+		// replicas acknowledged it), so it is settled as any claim is.
 		d.logger.Warn("could not record %s delivery %s in Redis, handling it anyway: %s", host, dl.id, err)
-		d.next(w, r)
+		d.handle(w, r, host, dl.id, dl.record, unknownClaim)
 		return
 	}
 	if expiry == 0 {
 		d.ignore(w, host, dl.id)
 		return
 	}
+	d.handle(w, r, host, dl.id, dl.record, expiry)
+}
+
+// unknownClaim is the expiry of a claim whose outcome is unknown.
+const unknownClaim = 0
+
+// handle passes r to upstream and settles the delivery's claim: confirmed
+// when upstream took the event, forgotten when it did not, so that the
+// host's redelivery is handled rather than ignored as a copy.
+func (d *deliveryDeduper) handle(w http.ResponseWriter, r *http.Request, host, id, record string, expiry int64) {
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	d.next(rec, r)
 	if rec.status >= http.StatusBadRequest {
-		// Upstream did not take the event: let the host's redelivery try again.
-		d.forget(host, dl.id, dl.record, expiry)
+		d.forget(host, id, record, expiry)
 		return
 	}
-	d.confirm(host, dl.id, dl.record)
+	d.confirm(host, id, record)
 }
 
 // sourceFor is the source upstream's Post would hand r to, or nil.
@@ -232,12 +243,13 @@ func (d *deliveryDeduper) confirm(host, id, record string) {
 }
 
 // forget drops the claim that returned expiry, unless it lapsed and the
-// record is someone else's by now.
+// record is someone else's by now; with unknownClaim, any unconfirmed claim
+// of the record.
 func (d *deliveryDeduper) forget(host, id, record string, expiry int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := d.recordsError(deliveryForgetScript.Run(ctx, d.client, []string{d.recordsKey()}, record, expiry).Err()); err != nil {
-		_, claimTTL := d.limits()
+	_, claimTTL := d.limits()
+	if err := d.recordsError(deliveryForgetScript.Run(ctx, d.client, []string{d.recordsKey()}, record, expiry, claimTTL.Milliseconds()).Err()); err != nil {
 		d.logger.Warn("could not forget %s delivery %s, a redelivery of it within %s will be ignored: %s", host, id, claimTTL, err)
 	}
 }

@@ -470,7 +470,8 @@ func TestDeliveryClaimLapses(t *testing.T) {
 
 // TestDeliveryForgetOnlyItsOwnClaim: forget is compare-and-delete on the
 // claim's expiry, so a replica whose claim lapsed cannot drop the claim
-// another replica made since.
+// another replica made since; one whose claim's reply was lost drops only an
+// unconfirmed claim.
 func TestDeliveryForgetOnlyItsOwnClaim(t *testing.T) {
 	client := redistest.Start(t).Client(t)
 	ctx := context.Background()
@@ -489,6 +490,60 @@ func TestDeliveryForgetOnlyItsOwnClaim(t *testing.T) {
 
 	d.forget("GitHub", guid1, "r", second)
 	Equals(t, int64(0), client.Exists(ctx, d.recordsKey()).Val())
+
+	// Without the claim's token, an unconfirmed claim goes and a confirmed
+	// record stays.
+	_, err = d.claim(ctx, "r")
+	Ok(t, err)
+	d.forget("GitHub", guid1, "r", unknownClaim)
+	Equals(t, int64(0), client.Exists(ctx, d.recordsKey()).Val())
+	d.confirm("GitHub", guid1, "r")
+	d.forget("GitHub", guid1, "r", unknownClaim)
+	Ok(t, client.ZScore(ctx, d.recordsKey(), "r").Err())
+}
+
+// TestDeliveryClaimWithLostReply: a claim that ran in Redis but whose reply
+// was lost (or that a replica did not acknowledge) is settled like any
+// claim: forgotten when upstream did not take the event, so that its
+// redelivery is handled rather than ignored for the claim's lifetime, and
+// confirmed when it did, so that its redelivery is ignored.
+func TestDeliveryClaimWithLostReply(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := redistest.StartProxy(t, srv.Addr)
+	opts := srv.Options()
+	opts.Addr, opts.MaxRetries, opts.ReadTimeout = proxy.Addr, -1, 300*time.Millisecond
+	client := redis.NewClient(opts)
+	t.Cleanup(func() { _ = client.Close() })
+	direct := srv.Client(t)
+	ctx := context.Background()
+	cases := []struct {
+		description string
+		body        string
+		// expReceived is how many of the two copies reached upstream.
+		expReceived int
+	}{
+		{"upstream failed: the redelivery is handled", failBody, 2},
+		{"upstream took it: the redelivery is ignored", `{"action":"created"}`, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.description, func(t *testing.T) {
+			Ok(t, direct.FlushAll(ctx).Err())
+			// Loaded, a script runs on its first call: the reply lost is
+			// that of a claim that ran, not of a NOSCRIPT refusal.
+			for _, script := range []*redis.Script{deliveryClaimScript, deliveryForgetScript, deliveryConfirmScript} {
+				Ok(t, script.Load(ctx, direct).Err())
+			}
+			f := newDedupeFixture(t, client, testSecret)
+			// A pooled connection, so the reply lost is the claim's and not
+			// the connection handshake's.
+			Ok(t, client.Ping(ctx).Err())
+			proxy.DropNextReply()
+			f.send(webhook{id: guid1, body: c.body})
+			Assert(t, strings.Contains(f.logger.GetHistory(), "could not record GitHub delivery"), "the claim's reply was not lost:\n%s", f.logger.GetHistory())
+			f.send(webhook{id: guid1, body: c.body})
+			Equals(t, c.expReceived, f.receivedCount())
+		})
+	}
 }
 
 // TestDeliveryDeduperWithoutRedis: an unreachable Redis never loses an event.

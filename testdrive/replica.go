@@ -100,6 +100,9 @@ func (r *Replica) waitHealthy(ctx context.Context) error {
 // Name is the replica's name in logs.
 func (r *Replica) Name() string { return r.cfg.Name }
 
+// PID is the process id, for telling apart what each process did.
+func (r *Replica) PID() int { return r.cmd.Process.Pid }
+
 // Output is the replica's recent output.
 func (r *Replica) Output() string { return r.tail.String() }
 

@@ -9,6 +9,9 @@ type config struct {
 	aclPass    string
 	tls        bool
 	appendOnly bool
+	// appendFsync is the AOF's appendfsync policy; empty keeps Redis's
+	// default (everysec).
+	appendFsync string
 }
 
 // WithPassword sets requirepass, so the default user needs pw.
@@ -35,4 +38,14 @@ func WithTLS() Option {
 // WithAppendOnly turns on the append-only file so Restart keeps data.
 func WithAppendOnly() Option {
 	return func(c *config) { c.appendOnly = true }
+}
+
+// WithAppendFsync turns on the append-only file with the appendfsync policy
+// given: "always" (on disk before the reply), "everysec" or "no". What a Kill
+// loses depends on it.
+func WithAppendFsync(policy string) Option {
+	return func(c *config) {
+		c.appendOnly = true
+		c.appendFsync = policy
+	}
 }

@@ -175,6 +175,65 @@ func TestCommandCount(t *testing.T) {
 	Equals(t, int64(2), counts["get"])
 }
 
+// TestKillPauseAndFsync: Kill ends the process at once and Restart brings
+// back what the append-only file synced; Pause makes the server answer
+// nothing until Resume.
+func TestKillPauseAndFsync(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := redistest.Start(t, redistest.WithAppendFsync("always"))
+	c := s.Client(t)
+	Equals(t, "always", c.ConfigGet(ctx, "appendfsync").Val()["appendfsync"])
+	Ok(t, c.Set(ctx, "synced", "yes", 0).Err())
+
+	s.Kill()
+	refused(t, s.Addr)
+	s.Restart()
+	got, err := c.Get(ctx, "synced").Result()
+	Ok(t, err)
+	Equals(t, "yes", got)
+
+	Ok(t, s.Pause())
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	Assert(t, c.Get(short, "synced").Err() != nil, "a paused server answered")
+	Ok(t, s.Resume())
+	Ok(t, c.Get(ctx, "synced").Err())
+}
+
+// TestReplicatedClusterFailsOver: each master has a replica, and killing the
+// master of a key promotes its replica, which has the key.
+func TestReplicatedClusterFailsOver(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cl := redistest.StartReplicatedCluster(t)
+	Equals(t, 3, len(cl.Nodes))
+	Equals(t, 3, len(cl.Replicas))
+	c := cl.Client(t)
+	Ok(t, c.Set(ctx, "k", "v", 0).Err())
+	Ok(t, c.Do(ctx, "WAIT", 1, 2000).Err())
+	master, err := c.MasterForKey(ctx, "k")
+	Ok(t, err)
+	old := cl.Node(master.Options().Addr)
+	Assert(t, old != nil, "no process listens on %s", master.Options().Addr)
+
+	old.Kill()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c.ReloadState(ctx)
+		got, err := c.Get(ctx, "k").Result()
+		if err == nil {
+			Equals(t, "v", got)
+			break
+		}
+		Assert(t, time.Now().Before(deadline), "no failover within 20s: %v", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+	now, err := c.MasterForKey(ctx, "k")
+	Ok(t, err)
+	Assert(t, now.Options().Addr != old.Addr, "the killed master still serves k")
+}
+
 func TestProxy_RecordsTheCommandsItForwards(t *testing.T) {
 	srv := redistest.Start(t)
 	proxy := redistest.StartProxy(t, srv.Addr)

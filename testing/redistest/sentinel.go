@@ -3,7 +3,6 @@ package redistest
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,29 +26,78 @@ type Sentinel struct {
 	Master    *Server
 	Replica   *Server
 	Sentinels []*Server
+	// Link is the replica's way to the master with WithReplicationLink,
+	// else nil.
+	Link *Proxy
+}
+
+// SentinelOption configures StartSentinel.
+type SentinelOption func(*sentinelConfig)
+
+type sentinelConfig struct {
+	link bool
+	// node configures the master and the replica.
+	node config
+}
+
+// WithNodeOptions starts the master and the replica with opts, for example
+// WithAppendFsync: Redis's replication docs advise persistence on every node
+// of a replicated set, since a master that restarts empty can be promoted
+// again and wipe its replicas.
+func WithNodeOptions(opts ...Option) SentinelOption {
+	return func(c *sentinelConfig) {
+		for _, o := range opts {
+			o(&c.node)
+		}
+	}
+}
+
+// WithReplicationLink makes the replica replicate through a Proxy
+// (Sentinel.Link) whose DropReplies loses the replication stream, as a slow
+// or cut link between master and replica does: the master goes on
+// acknowledging writes the replica never gets. The sentinel's failover
+// timeout is then a minute, so that it does not repoint the replica at the
+// master directly meanwhile.
+func WithReplicationLink() SentinelOption {
+	return func(c *sentinelConfig) { c.link = true }
 }
 
 // StartSentinel starts the master, then the replica, waits until the replica
 // is in sync, then starts the sentinel and waits until it reports the master
 // and knows the replica.
-func StartSentinel(t testing.TB) *Sentinel {
+func StartSentinel(t testing.TB, opts ...SentinelOption) *Sentinel {
 	t.Helper()
-	master := newServer(t, config{})
+	var cfg sentinelConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	master := newServer(t, cfg.node)
 	master.start()
 
-	replica := newServer(t, config{})
-	replica.extraConf = []string{"replicaof 127.0.0.1 " + strconv.Itoa(master.port)}
+	var link *Proxy
+	upstream := master.Addr
+	if cfg.link {
+		link = StartProxy(t, master.Addr)
+		upstream = link.Addr
+	}
+	host, port, _ := strings.Cut(upstream, ":")
+	replica := newServer(t, cfg.node)
+	replica.extraConf = []string{"replicaof " + host + " " + port}
 	replica.start()
 	waitFor(t, "replica "+replica.Addr+" in sync with "+master.Addr, func(ctx context.Context) error {
 		return replicaInSync(ctx, replica)
 	})
 
+	failoverTimeout := 5000
+	if cfg.link {
+		failoverTimeout = 60000
+	}
 	sentinel := newServer(t, config{})
 	sentinel.sentinel = true
 	sentinel.extraConf = []string{
 		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1", sentinelMasterName, master.port),
 		fmt.Sprintf("sentinel down-after-milliseconds %s 1000", sentinelMasterName),
-		fmt.Sprintf("sentinel failover-timeout %s 5000", sentinelMasterName),
+		fmt.Sprintf("sentinel failover-timeout %s %d", sentinelMasterName, failoverTimeout),
 	}
 	sentinel.start()
 
@@ -61,6 +109,7 @@ func StartSentinel(t testing.TB) *Sentinel {
 		Master:        master,
 		Replica:       replica,
 		Sentinels:     []*Server{sentinel},
+		Link:          link,
 	}
 	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinel.Addr})
 	defer sc.Close()

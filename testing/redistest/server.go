@@ -135,6 +135,8 @@ func (s *Server) Stop() {
 		return
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	// A paused process handles the signal only once it runs again.
+	_ = s.cmd.Process.Signal(syscall.SIGCONT)
 	select {
 	case <-s.done:
 	case <-time.After(stopTimeout):
@@ -143,6 +145,38 @@ func (s *Server) Stop() {
 	}
 	s.cmd = nil
 	_ = s.logFile.Close()
+}
+
+// Kill ends the process with SIGKILL, as a crash or the OOM killer would:
+// nothing is flushed, so what survives is what the append-only file had
+// synced. Restart brings it back.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+	_ = s.logFile.Close()
+}
+
+// Pause freezes the process with SIGSTOP: connections stay open and nothing
+// answers, as with a network partition, until Resume.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused process go on (SIGCONT).
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+// signal sends sig to the process this Server started, and to no other.
+func (s *Server) signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return fmt.Errorf("redistest: redis-server on %s is not running", s.Addr)
+	}
+	return s.cmd.Process.Signal(sig)
 }
 
 // Restart starts the process again on the same port and in the same
@@ -228,6 +262,9 @@ func (s *Server) writeConf() error {
 		lines = append(lines, "repl-diskless-sync-delay 0")
 		if s.cfg.appendOnly {
 			lines = append(lines, "appendonly yes")
+		}
+		if s.cfg.appendFsync != "" {
+			lines = append(lines, "appendfsync "+s.cfg.appendFsync)
 		}
 	}
 	if s.cfg.password != "" {

@@ -68,6 +68,14 @@ type Config struct {
 	TLSInsecureSkipVerify bool
 	PoolSize              int
 	DialTimeout           time.Duration
+	// WaitReplicas, when positive, makes every write wait until that many
+	// replicas acknowledged it (WAIT, within WaitTimeout), and fail when
+	// fewer did. Redis replicates asynchronously: without it, a failover
+	// may lose writes the master acknowledged. With it, a failover loses
+	// one only if it promotes a replica that had not acknowledged it, which
+	// Sentinel and Cluster try to avoid but do not rule out: WAIT does not
+	// make Redis strongly consistent.
+	WaitReplicas int
 }
 
 // String keeps the password out of logs that print the config.
@@ -76,8 +84,8 @@ func (c Config) String() string {
 	if c.Password != "" {
 		pw = "[redacted]"
 	}
-	return fmt.Sprintf("{Mode:%s Addrs:%v SentinelMaster:%s Username:%s Password:%s DB:%d TLSEnabled:%t TLSCAFile:%s TLSInsecureSkipVerify:%t PoolSize:%d DialTimeout:%s}",
-		c.mode(), c.Addrs, c.SentinelMaster, c.Username, pw, c.DB, c.TLSEnabled, c.TLSCAFile, c.TLSInsecureSkipVerify, c.PoolSize, c.DialTimeout)
+	return fmt.Sprintf("{Mode:%s Addrs:%v SentinelMaster:%s Username:%s Password:%s DB:%d TLSEnabled:%t TLSCAFile:%s TLSInsecureSkipVerify:%t PoolSize:%d DialTimeout:%s WaitReplicas:%d}",
+		c.mode(), c.Addrs, c.SentinelMaster, c.Username, pw, c.DB, c.TLSEnabled, c.TLSCAFile, c.TLSInsecureSkipVerify, c.PoolSize, c.DialTimeout, c.WaitReplicas)
 }
 
 // GoString covers %#v, which bypasses String.
@@ -144,6 +152,9 @@ func (c Config) Validate() error {
 	if c.PoolSize < 0 {
 		return fmt.Errorf("%s=%d is negative: use 0 for the default or a positive size", flagPoolSize, c.PoolSize)
 	}
+	if c.WaitReplicas < 0 {
+		return fmt.Errorf("%s=%d is negative: use 0 not to wait, or the number of replicas each write must reach", flagWaitReplicas, c.WaitReplicas)
+	}
 	if c.DialTimeout < 0 {
 		return fmt.Errorf("%s=%s is negative: use a positive duration such as 5s", flagDialTimeout, c.DialTimeout)
 	}
@@ -199,6 +210,9 @@ func NewClient(ctx context.Context, cfg Config) (redis.UniversalClient, error) {
 		return nil, redact(err, cfg.Password)
 	}
 	client := newModeClient(cfg, tlsCfg)
+	if cfg.WaitReplicas > 0 {
+		installReplicaWait(client, cfg.WaitReplicas)
+	}
 
 	pingCtx, cancel := context.WithTimeout(ctx, cfg.dialTimeout())
 	defer cancel()

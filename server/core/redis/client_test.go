@@ -274,6 +274,7 @@ func TestConfig_Validate(t *testing.T) {
 			[]string{"--enhanced-locking-redis-db=2", "only has database 0"}},
 		{"negative db", redis.Config{Addrs: ok, DB: -1}, []string{"--enhanced-locking-redis-db=-1"}},
 		{"negative pool size", redis.Config{Addrs: ok, PoolSize: -1}, []string{"--enhanced-locking-redis-pool-size=-1"}},
+		{"negative replica count", redis.Config{Addrs: ok, WaitReplicas: -1}, []string{"--enhanced-locking-redis-wait-replicas=-1", "use 0 not to wait"}},
 		{"negative dial timeout", redis.Config{Addrs: ok, DialTimeout: -time.Second}, []string{"--enhanced-locking-redis-dial-timeout=-1s"}},
 		{"ca file without tls", redis.Config{Addrs: ok, TLSCAFile: notPEM},
 			[]string{"--enhanced-locking-redis-tls-ca-file=" + notPEM, "set --enhanced-locking-redis-tls-enabled=true"}},
