@@ -39,6 +39,7 @@ e2e: deps build
 # REPLICATION lines (see e2e/chaos).
 chaos: deps
 	$(GO) test -count=1 -timeout 20m -v ./e2e/chaos/
+	$(GO) test -count=1 -timeout 10m -v -run '^TestFrozenReplicaChangesNothing$$' ./e2e/
 
 # Lock latency through db.Database against upstream's databases, interleaved,
 # as BENCH lines (see runatlantis.io/docs/enhanced-locking-benchmarks.md).

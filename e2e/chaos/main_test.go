@@ -7,8 +7,9 @@
 //   - redis-killed-aof-always, redis-killed-aof-everysec: Redis SIGKILLed
 //     with a queue waiting, and restarted from its append-only file;
 //   - replica-frozen: a replica SIGSTOPped past its command lease while
-//     another runs the pull's command (written with the fence it proves,
-//     in replica_frozen_test.go);
+//     another runs the pull's command; it lives in the e2e suite beside the
+//     fence it proves (e2e/frozen_replica_test.go), and `make chaos` runs it
+//     too;
 //   - replica-killed-mid-plan, replica-killed-mid-handover: a replica
 //     SIGKILLed while it plans, and while it announces a hand-over;
 //   - redis-unreachable, redis-unreachable-boltdb-fallback: Redis SIGSTOPped
