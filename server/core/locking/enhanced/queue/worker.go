@@ -50,7 +50,8 @@ type WorkerOptions struct {
 	// Lease is how long a claimed notice is this replica's before another
 	// may take it over (default DefaultNoticeLease). The claim is renewed
 	// right before each comment, so it must outlast one comment call, or
-	// another replica may post the same comment again.
+	// another replica may post the same comment again, and every third of
+	// it while a re-plan runs.
 	Lease time.Duration
 	// Poll is how often due notices are claimed without an announcement
 	// (default 5s): a replica that died mid-delivery is taken over within
