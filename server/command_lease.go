@@ -78,13 +78,13 @@ func replicaName(port int) string {
 }
 
 func (r *leasedCommandRunner) RunCommentCommand(baseRepo models.Repo, maybeHeadRepo *models.Repo, maybePull *models.PullRequest, user models.User, pullNum int, cmd *events.CommentCommand) {
-	r.run(baseRepo, pullNum, commentCommandName(cmd), func() {
+	_ = r.run(context.Background(), baseRepo, pullNum, commentCommandName(cmd), nil, func() {
 		r.next.RunCommentCommand(baseRepo, maybeHeadRepo, maybePull, user, pullNum, cmd)
 	})
 }
 
 func (r *leasedCommandRunner) RunAutoplanCommand(baseRepo models.Repo, headRepo models.Repo, pull models.PullRequest, user models.User) {
-	r.run(baseRepo, pull.Num, "autoplan", func() {
+	_ = r.run(context.Background(), baseRepo, pull.Num, "autoplan", nil, func() {
 		r.next.RunAutoplanCommand(baseRepo, headRepo, pull, user)
 	})
 }
@@ -92,14 +92,30 @@ func (r *leasedCommandRunner) RunAutoplanCommand(baseRepo models.Repo, headRepo 
 // run holds the pull's lease around command. If the lease is lost while
 // command runs, the processes command started for the pull are stopped
 // until it returns, and the adapter refuses its lock changes meanwhile.
-func (r *leasedCommandRunner) run(repo models.Repo, pullNum int, name string, command func()) {
+// start, if not nil, is called once the lease is held, and command runs only
+// if it returns nil.
+//
+// run returns nil once command returned with the lease held throughout;
+// commandlease.ErrLeaseLost (wrapped) if the lease was lost before then;
+// start's error; ctx's error if ctx ended while waiting for the lease (the
+// pull is told nothing: its caller gave up); or the error the pull was told
+// its command did not run for.
+func (r *leasedCommandRunner) run(ctx context.Context, repo models.Repo, pullNum int, name string, start func() error, command func()) error {
 	pull := enhanced.PullRef{RepoFullName: repo.FullName, Num: pullNum}
-	lease, err := r.leases.Acquire(context.Background(), pull, name)
+	lease, err := r.leases.Acquire(ctx, pull, name)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s of %s#%d did not start: %w", name, repo.FullName, pullNum, err)
+		}
 		r.refuse(repo, pullNum, name, err)
-		return
+		return err
 	}
 	defer lease.Release()
+	if start != nil {
+		if err := start(); err != nil {
+			return err
+		}
+	}
 	// Logged while the lease is held, before it is released: the e2e suite
 	// reads these lines to check that no two commands of a pull overlap.
 	r.logger.Info("enhanced locking: %s of %s#%d starts, holding the pull's command lease", name, repo.FullName, pullNum)
@@ -114,6 +130,10 @@ func (r *leasedCommandRunner) run(repo models.Repo, pullNum int, name string, co
 		}
 	}()
 	command()
+	if err := lease.Err(); err != nil {
+		return fmt.Errorf("%s of %s#%d: %w", name, repo.FullName, pullNum, err)
+	}
+	return nil
 }
 
 // refuse tells the pull its command did not run, and why.

@@ -216,7 +216,9 @@ func TestQueueReplansWaitForThePullsCommandLease(t *testing.T) {
 	defer database.Close() // nolint: errcheck
 	lock := models.ProjectLock{Project: models.NewProject("org/repo", "dir", ""), Workspace: "default",
 		Pull: models.PullRequest{Num: 5, BaseRepo: models.Repo{FullName: "org/repo"}}}
-	go func() { _ = commandPlanner{runner: runner, pulls: database}.Replan(t.Context(), lock) }()
+	go func() {
+		_ = commandPlanner{leases: runner, pulls: database}.Replan(t.Context(), lock, func() error { return nil })
+	}()
 
 	select {
 	case <-ran:

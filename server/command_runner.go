@@ -16,10 +16,11 @@ import (
 //
 // Every command a webhook asks for (a comment command, an autoplan) goes
 // through VCSEventsController.CommandRunner, each on its own goroutine, and
-// so do the queue's re-plans, which call the returned runner. Wrapping it is
-// how enhanced locking runs one command per pull across the fleet (leases,
-// outermost, so a command waiting its turn is not yet tracked as running)
-// and learns which pull plans (policy, nil without the priority queue).
+// so do the queue's re-plans (commandPlanner, through the same wrappers).
+// Wrapping it is how enhanced locking runs one command per pull across the
+// fleet (leases, outermost, so a command waiting its turn is not yet tracked
+// as running) and learns which pull plans (policy, nil without the priority
+// queue).
 // TestSeamTypes fails if an upstream upgrade changes the field's type.
 func installCommandRunner(srv *upstream.Server, leases *leasedCommandRunner, policy *queue.Policy) (events.CommandRunner, error) {
 	if srv.VCSEventsController == nil || srv.VCSEventsController.CommandRunner == nil {

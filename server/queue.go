@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 
 	upstream "github.com/runatlantis/atlantis/server"
-	"github.com/runatlantis/atlantis/server/events"
 
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced"
 	"github.com/atlantis-enhanced/atlantis/server/core/locking/enhanced/queue"
@@ -34,7 +33,7 @@ type lockQueue struct {
 // rules, checked now so a bad file stops the start with its line numbers,
 // the policy the adapter asks, and the worker that delivers hand-overs.
 // The worker starts with Start.
-func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBackend, runner events.CommandRunner) (*lockQueue, error) {
+func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBackend, leases *leasedCommandRunner) (*lockQueue, error) {
 	f := s.Config.Features
 	if !f.PriorityQueue {
 		return nil, nil
@@ -54,9 +53,10 @@ func (s *Server) newLockQueue(userConfig upstream.UserConfig, backend *lockBacke
 	}
 	notifier := queue.NewNotifier(queues, s.LocksController.VCSClient, f.AutoPlan, s.Logger)
 	policy := queue.NewPolicy(rules, f.QueueTimeout, notifier)
-	// Re-plans enter through the outermost command runner, as a webhook's
-	// commands do, so they wait for the pull's command lease too.
-	worker := queue.NewWorker(queues, notifier, commandPlanner{runner: runner, pulls: s.LocksController.Database}, queue.WorkerOptions{
+	// Re-plans enter through the leased command runner, as a webhook's
+	// commands do, so they wait for the pull's command lease too, and check
+	// under it that their notice is still this replica's.
+	worker := queue.NewWorker(queues, notifier, commandPlanner{leases: leases, pulls: s.LocksController.Database}, queue.WorkerOptions{
 		AutoPlan: f.AutoPlan,
 		Lease:    f.QueueNoticeLease,
 		Logger:   s.Logger,

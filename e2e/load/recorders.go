@@ -142,12 +142,15 @@ func (c *commenter) attribute(n enhanced.QueueNotice, required bool) {
 }
 
 // planner is the server's re-planner: a plan of the one project, through the
-// same locking client as the traffic.
+// same locking client as the traffic, once the worker's last check passed.
 type planner struct {
 	traffic *traffic
 }
 
-func (p planner) Replan(_ context.Context, lock models.ProjectLock) error {
+func (p planner) Replan(_ context.Context, lock models.ProjectLock, start func() error) error {
+	if err := start(); err != nil {
+		return err
+	}
 	p.traffic.rec.add(record{Kind: kindReplanned, Pull: lock.Pull.Num, Key: lock.Project.Path, Start: monoNow()})
 	return p.traffic.plan(kindReplan, lock.Pull, lock.Project.Path)
 }

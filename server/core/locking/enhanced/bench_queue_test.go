@@ -245,7 +245,10 @@ type stampingPlanner struct {
 	planned chan time.Time
 }
 
-func (p stampingPlanner) Replan(context.Context, models.ProjectLock) error {
+func (p stampingPlanner) Replan(_ context.Context, _ models.ProjectLock, start func() error) error {
+	if err := start(); err != nil {
+		return err
+	}
 	p.planned <- time.Now()
 	return nil
 }

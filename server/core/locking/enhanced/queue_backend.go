@@ -163,6 +163,10 @@ type NoticeStep string
 
 const (
 	StepCommented NoticeStep = "commented"
+	// StepReplanStarted is recorded right before a re-plan starts; a later
+	// claim that finds it without StepReplanned plans again.
+	StepReplanStarted NoticeStep = "replan-started"
+	// StepReplanned is recorded once the re-plan returned.
 	StepReplanned NoticeStep = "replanned"
 )
 

@@ -399,7 +399,7 @@ func queueCases() []queueCase {
 			},
 		},
 		{
-			name: "a notice is leased to one claim; another claim takes it when the lease ends and skips the steps done",
+			name: "a notice is leased to one claim; another claim takes it when the lease ends and finds the steps done, in order",
 			run: func(t *testing.T, ctx context.Context, b QueueingBackend, _ QueueOptions) {
 				const lease = 300 * time.Millisecond
 				first := claimHandOver(t, ctx, b, lease)
@@ -408,13 +408,16 @@ func queueCases() []queueCase {
 				Ok(t, err)
 				Equals(t, 0, len(none))
 				Ok(t, b.MarkNotice(ctx, first, enhanced.StepCommented, lease))
+				// A re-plan that started and never ended: the next claim
+				// plans again.
+				Ok(t, b.MarkNotice(ctx, first, enhanced.StepReplanStarted, lease))
 
 				time.Sleep(lease + 200*time.Millisecond)
 				second, err := b.ClaimNotices(ctx, lease, 10)
 				Ok(t, err)
 				Equals(t, 1, len(second))
 				Equals(t, first.ID, second[0].ID)
-				Assert(t, second[0].Has(enhanced.StepCommented), "the step done by the first claim is not recorded: %v", second[0].Done)
+				Equals(t, []enhanced.NoticeStep{enhanced.StepCommented, enhanced.StepReplanStarted}, second[0].Done)
 				Assert(t, !second[0].Has(enhanced.StepReplanned), "a step nobody did is recorded")
 				// The first claim lost it: it can neither mark nor ack.
 				Assert(t, errors.Is(b.MarkNotice(ctx, first, enhanced.StepReplanned, lease), enhanced.ErrNoticeLost), "stale claim marked a step")

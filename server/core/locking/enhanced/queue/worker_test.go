@@ -56,14 +56,17 @@ func ofType(typ events.EventType, replicas ...*replica) []events.Event {
 	return out
 }
 
-// recordingPlanner stands for upstream's command runner: it records what it
-// was asked to plan.
+// recordingPlanner stands for the server's planner: it records what it
+// planned, once the worker's last check passed.
 type recordingPlanner struct {
 	mu    sync.Mutex
 	plans []models.ProjectLock
 }
 
-func (p *recordingPlanner) Replan(_ context.Context, lock models.ProjectLock) error {
+func (p *recordingPlanner) Replan(_ context.Context, lock models.ProjectLock, start func() error) error {
+	if err := start(); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.plans = append(p.plans, lock)
