@@ -88,7 +88,7 @@ func (p *Proxy) accept() {
 				go p.recorded.read(pr)
 				defer pw.Close() // nolint: errcheck
 			}
-			p.forward(io.MultiWriter(server, requests), client, func() {
+			p.forward(io.MultiWriter(requests, server), client, func() {
 				if p.dropAll.Load() || p.dropNext.CompareAndSwap(true, false) {
 					poisoned.Store(true)
 				}
