@@ -16,7 +16,7 @@ import (
 
 // Options configures a testdrive run.
 type Options struct {
-	// Binary is the atlantis binary the replicas run (normally this one).
+	// Binary is the atlantis binary the replicas run.
 	Binary string
 	// RedisAddr is an external Redis to use; empty starts one in-process.
 	RedisAddr string
@@ -35,7 +35,7 @@ const apiSecret = "testdrive"
 
 // priorityRules is the --enhanced-locking-priority-rules file the replicas
 // run with.
-const priorityRules = `# Written by atlantis testdrive: a hotfix goes ahead of every other pull
+const priorityRules = `# Written by atlantis-testdrive: a hotfix goes ahead of every other pull
 # waiting for the same project.
 default: normal
 rules:

@@ -1,10 +1,15 @@
-package cmd
+// Command atlantis-testdrive is the offline testdrive (`make run`): it starts
+// the atlantis binary built next to it as two replicas, with Redis and a
+// GitHub stand-in, and tells the story. It lives apart from the atlantis
+// binary so that one links none of these stand-ins.
+package main
 
 import (
 	"context"
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -12,15 +17,16 @@ import (
 	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
 
-// TestdriveCmd replaces upstream's ngrok-based testdrive with one that runs
-// fully offline: a GitHub stand-in, Redis and two replicas on this machine.
-type TestdriveCmd struct{}
+func main() {
+	if err := command().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
 
-// Init returns the testdrive command.
-func (t *TestdriveCmd) Init() *cobra.Command {
+func command() *cobra.Command {
 	opts := testdrive.Options{Out: os.Stdout}
 	c := &cobra.Command{
-		Use:   "testdrive",
+		Use:   "atlantis-testdrive",
 		Short: "Try Atlantis with enhanced locking offline: two replicas, Redis and a GitHub stand-in",
 		Long: `Starts a GitHub stand-in, Redis (in-process unless --redis-addr is given) and two
 Atlantis replicas with enhanced locking on this machine, then plays two teams'
@@ -29,9 +35,9 @@ the queue that hands it on, a critical pull going first, and a race of plans on
 both replicas.`,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			binary, err := os.Executable()
+			binary, err := atlantisBinary(opts.Binary)
 			if err != nil {
-				return fmt.Errorf("finding the atlantis binary: %w", err)
+				return err
 			}
 			opts.Binary = binary
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -39,8 +45,26 @@ both replicas.`,
 			return testdrive.Run(ctx, opts)
 		},
 	}
+	c.Flags().StringVar(&opts.Binary, "atlantis-binary", "", "The atlantis binary the replicas run; defaults to the atlantis next to this program")
 	c.Flags().StringVar(&opts.RedisAddr, "redis-addr", "", "host:port of a Redis to use instead of the in-process one")
 	c.Flags().BoolVar(&opts.ExitAfterStory, "exit-after-story", false, "Stop once the story is told (for CI smoke tests)")
 	c.Flags().IntVar(&opts.RaceRounds, "race-rounds", testdrive.DefaultRaceRounds, "How many rounds the story races two plans on one project across the replicas")
 	return c
+}
+
+// atlantisBinary is given when set, else the atlantis that `make run` builds
+// next to this program in bin/.
+func atlantisBinary(given string) (string, error) {
+	path := given
+	if path == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("finding this program to find the atlantis binary next to it: %w; pass --atlantis-binary", err)
+		}
+		path = filepath.Join(filepath.Dir(self), "atlantis")
+	}
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("%w: build the atlantis binary with `make build` (or run `make run`), or pass --atlantis-binary=PATH", err)
+	}
+	return path, nil
 }
