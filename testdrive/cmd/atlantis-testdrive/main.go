@@ -28,11 +28,11 @@ func command() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "atlantis-testdrive",
 		Short: "Try Atlantis with enhanced locking offline: two replicas, Redis and a GitHub stand-in",
-		Long: `Starts a GitHub stand-in, Redis (in-process unless --redis-addr is given) and two
-Atlantis replicas with enhanced locking on this machine, then plays two teams'
-pull requests on one Terraform project and narrates what happens: the shared lock,
-the queue that hands it on, a critical pull going first, and a race of plans on
-both replicas.`,
+		Long: `Starts a GitHub stand-in, Redis (a redis-server of its own, miniredis in-process
+where none is installed, or the one --redis-addr names) and two Atlantis replicas
+with enhanced locking on this machine, then plays two teams' pull requests on one
+Terraform project and narrates what happens: the shared lock, the queue that
+hands it on, a critical pull going first, and a race of plans on both replicas.`,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			binary, err := atlantisBinary(opts.Binary)
@@ -46,7 +46,7 @@ both replicas.`,
 		},
 	}
 	c.Flags().StringVar(&opts.Binary, "atlantis-binary", "", "The atlantis binary the replicas run; defaults to the atlantis next to this program")
-	c.Flags().StringVar(&opts.RedisAddr, "redis-addr", "", "host:port of a Redis to use instead of the in-process one")
+	c.Flags().StringVar(&opts.RedisAddr, "redis-addr", "", "host:port of a Redis to use instead of starting one")
 	c.Flags().BoolVar(&opts.ExitAfterStory, "exit-after-story", false, "Stop once the story is told (for CI smoke tests)")
 	c.Flags().IntVar(&opts.RaceRounds, "race-rounds", testdrive.DefaultRaceRounds, "How many rounds the story races two plans on one project across the replicas")
 	return c
