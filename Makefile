@@ -63,8 +63,10 @@ fuzz-short: deps
 	GO=$(GO) ./scripts/fuzz-short.sh
 
 # The offline testdrive: two replicas, Redis, a GitHub stand-in and a story.
+# It is a binary of its own, so bin/atlantis links none of its stand-ins.
 run: deps build
-	./bin/atlantis testdrive $(ARGS)
+	$(GO) build -o bin/atlantis-testdrive ./testdrive/cmd/atlantis-testdrive
+	./bin/atlantis-testdrive $(ARGS)
 
 clean:
 	rm -rf bin

@@ -31,7 +31,6 @@ func Main(version, commit, date string) int {
 	srv := &ServerCmd{Viper: viper.New(), AtlantisVersion: atlantisVersion, Logger: logger}
 	root.AddCommand(srv.Init())
 	root.AddCommand((&upstreamcmd.VersionCmd{AtlantisVersion: atlantisVersion}).Init())
-	root.AddCommand((&TestdriveCmd{}).Init())
 	if err := root.Execute(); err != nil {
 		return 1
 	}

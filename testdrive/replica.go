@@ -1,6 +1,7 @@
 // Package testdrive runs a small Atlantis fleet on one machine: replicas of
 // the atlantis binary, a GitHub stand-in and Redis. The offline testdrive
-// (`atlantis testdrive`) and the end-to-end suite both use it.
+// (`make run`, testdrive/cmd/atlantis-testdrive) and the end-to-end suites
+// use it.
 package testdrive
 
 import (

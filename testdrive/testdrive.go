@@ -9,16 +9,15 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
-
 	"github.com/atlantis-enhanced/atlantis/e2e/vcssim"
 )
 
 // Options configures a testdrive run.
 type Options struct {
-	// Binary is the atlantis binary the replicas run (normally this one).
+	// Binary is the atlantis binary the replicas run.
 	Binary string
-	// RedisAddr is an external Redis to use; empty starts one in-process.
+	// RedisAddr is an external Redis to use; empty starts a redis-server of
+	// its own, or miniredis in-process where none is installed.
 	RedisAddr string
 	// ExitAfterStory stops everything once the story is told, for CI.
 	ExitAfterStory bool
@@ -35,7 +34,7 @@ const apiSecret = "testdrive"
 
 // priorityRules is the --enhanced-locking-priority-rules file the replicas
 // run with.
-const priorityRules = `# Written by atlantis testdrive: a hotfix goes ahead of every other pull
+const priorityRules = `# Written by atlantis-testdrive: a hotfix goes ahead of every other pull
 # waiting for the same project.
 default: normal
 rules:
@@ -69,13 +68,17 @@ func Run(ctx context.Context, opts Options) (err error) {
 
 	redisAddr := opts.RedisAddr
 	if redisAddr == "" {
-		mini := miniredis.NewMiniRedis()
-		if err := mini.StartAddr("127.0.0.1:0"); err != nil {
-			return fmt.Errorf("starting the in-process Redis: %w", err)
+		local, err := startLocalRedis(filepath.Join(work, "redis"))
+		if err != nil {
+			return err
 		}
-		defer mini.Close()
-		redisAddr = mini.Addr()
-		step("Redis: in-process (miniredis) at %s; pass --redis-addr to use a real one", redisAddr)
+		defer local.Stop()
+		redisAddr = local.Addr
+		if local.InProcess {
+			step("Redis: no redis-server installed, so an in-process one (miniredis) at %s; install redis-server (make run does) or pass --redis-addr to use a real one", redisAddr)
+		} else {
+			step("Redis: a redis-server of its own at %s; pass --redis-addr to use another", redisAddr)
+		}
 	} else {
 		step("Redis: %s", redisAddr)
 	}

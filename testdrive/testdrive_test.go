@@ -3,6 +3,7 @@ package testdrive_test
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -10,28 +11,35 @@ import (
 	"time"
 
 	. "github.com/runatlantis/atlantis/testing"
-
-	"github.com/atlantis-enhanced/atlantis/testdrive"
 )
 
-// TestTestdriveStory runs the README's main job as CI would: the real binary,
-// the in-process Redis, the story, and exit.
+// TestTestdriveStory runs the README's main job as CI would: `make run
+// ARGS=--exit-after-story`, the testdrive binary starting the atlantis binary
+// built next to it, on a redis-server of its own, telling the story and
+// exiting.
 func TestTestdriveStory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the atlantis binary; run without -short")
 	}
-	binary := filepath.Join(t.TempDir(), "atlantis")
-	build := exec.Command("go", "build", "-o", binary, "github.com/atlantis-enhanced/atlantis")
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+string(filepath.Separator),
+		"github.com/atlantis-enhanced/atlantis", "github.com/atlantis-enhanced/atlantis/testdrive/cmd/atlantis-testdrive")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building atlantis: %s\n%s", err, out)
+		t.Fatalf("building atlantis and atlantis-testdrive: %s\n%s", err, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	out := &bytes.Buffer{}
-	err := testdrive.Run(ctx, testdrive.Options{Binary: binary, ExitAfterStory: true, Out: out})
+	run := exec.CommandContext(ctx, filepath.Join(bin, "atlantis-testdrive"), "--exit-after-story") // nolint: gosec
+	run.Stdout, run.Stderr = out, out
+	// An interrupt lets it stop the replicas and Redis it started.
+	run.Cancel = func() error { return run.Process.Signal(os.Interrupt) }
+	run.WaitDelay = time.Minute
+	err := run.Run()
 	t.Log(out.String())
 	Ok(t, err)
 	for _, line := range []string{
+		"==> Redis: a redis-server of its own at 127.0.0.1:",
 		"Atlantis planned PR #1 and locked acme/infra/network/default for it.",
 		"replica-2 sees the same lock",
 		"PR #2 was refused",
