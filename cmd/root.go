@@ -31,6 +31,7 @@ func Main(version, commit, date string) int {
 	srv := &ServerCmd{Viper: viper.New(), AtlantisVersion: atlantisVersion, Logger: logger}
 	root.AddCommand(srv.Init())
 	root.AddCommand((&upstreamcmd.VersionCmd{AtlantisVersion: atlantisVersion}).Init())
+	root.AddCommand(testdriveCmd())
 	if err := root.Execute(); err != nil {
 		return 1
 	}

@@ -329,3 +329,13 @@ func TestServerCmd_SecretsAreNotTrimmed(t *testing.T) {
 	Ok(t, err)
 	Equals(t, " pass word ", creator.enhanced.Redis.Password)
 }
+
+// `atlantis testdrive` says where the testdrive went rather than that the
+// command is unknown.
+func TestTestdriveCmd_SaysWhereTheTestdriveWent(t *testing.T) {
+	c := testdriveCmd()
+	c.SetArgs(nil)
+	c.SetOut(&bytes.Buffer{})
+	c.SetErr(&bytes.Buffer{})
+	ErrContains(t, "make run", c.Execute())
+}
