@@ -129,7 +129,7 @@ func buildPhase(goCmd string, env []string, plan *phases.Plan, a *phases.Assignm
 		result := "ok"
 		if err != nil {
 			result, ok = "FAIL", false
-			why = append(why, fmt.Sprintf("  %s: go %s", s.name, strings.Join(s.args[:min(len(s.args), 6)], " ")))
+			why = append(why, fmt.Sprintf("  %s: go %s", s.name, strings.Join(s.args, " ")))
 			why = append(why, reasons(out)...)
 		}
 		line += fmt.Sprintf(" %s=%s", s.name, result)
