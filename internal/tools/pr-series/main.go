@@ -51,6 +51,11 @@ func run(goCmd, only string, keep bool) error {
 	if err != nil {
 		return err
 	}
+	for _, p := range strings.Split(only, ",") {
+		if p != "" && !slices.Contains(plan.Phases, p) {
+			return fmt.Errorf("-phases names phase %q, which the plan does not have (%s)", p, strings.Join(plan.Phases, ", "))
+		}
+	}
 	a := plan.Assign(slices.Sorted(maps.Keys(tree)))
 	var failed []string
 	for _, p := range a.Problems {
