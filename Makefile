@@ -62,6 +62,12 @@ load: deps
 fuzz-short: deps
 	GO=$(GO) ./scripts/fuzz-short.sh
 
+# The phase plan's pull requests as stacked trees, each built, vetted and
+# tested on its own (PR-SERIES lines; see CONTRIBUTING.md's six phases).
+.PHONY: pr-series
+pr-series: deps
+	$(GO) run ./internal/tools/pr-series -go $(GO)
+
 # The offline testdrive: two replicas, Redis, a GitHub stand-in and a story.
 # It is a binary of its own, so bin/atlantis links none of its stand-ins.
 run: deps build
