@@ -40,8 +40,9 @@ func (p policyRecorder) Left(entries []enhanced.QueueEntry) {
 	p.Policy.Left(entries)
 }
 
-// outboxRecorder is the queue worker's view of the backend. Only the worker's
-// one delivery goroutine calls it.
+// outboxRecorder is the queue worker's view of the backend. The worker's
+// delivery goroutine posts and marks every comment; a re-plan's goroutine
+// also marks and acknowledges its hand-over, with no comment of its own.
 type outboxRecorder struct {
 	enhanced.QueueBackend
 	watcher  queue.NoticeWatcher
@@ -74,9 +75,13 @@ func (o *outboxRecorder) MarkNotice(ctx context.Context, n enhanced.QueueNotice,
 	return err
 }
 
-// AckNotice follows the comment of an expiry, if it was posted now.
+// AckNotice follows the comment of an expiry, if it was posted now. A
+// hand-over's acknowledgement follows its re-plan, on the re-plan's
+// goroutine, and claims no comment.
 func (o *outboxRecorder) AckNotice(ctx context.Context, n enhanced.QueueNotice) error {
-	o.comments.attribute(n, false)
+	if n.Kind == enhanced.NoticeExpired {
+		o.comments.attribute(n, false)
+	}
 	err := o.QueueBackend.AckNotice(ctx, n)
 	o.rec.add(noticeRecord(kindAck, n, withErr(record{Start: monoNow()}, err)))
 	return err
@@ -134,7 +139,7 @@ func (c *commenter) attribute(n enhanced.QueueNotice, required bool) {
 	case p == nil && required:
 		c.rec.add(record{Kind: kindAnomaly, Err: fmt.Sprintf("notice %s marked commented with no comment posted", n.ID)})
 	case p == nil:
-	case p.Pull != n.Entry.Lock.Pull.Num || (!required && n.Kind != enhanced.NoticeExpired):
+	case p.Pull != n.Entry.Lock.Pull.Num:
 		c.rec.add(record{Kind: kindAnomaly, Err: fmt.Sprintf("a comment on pull %d followed by the %s of notice %s (pull %d)", p.Pull, then, n.ID, n.Entry.Lock.Pull.Num)})
 	default:
 		c.rec.add(noticeRecord(kindCommented, n, *p))
